@@ -1,0 +1,1 @@
+"""checkpoint of mmvit_plugin."""

@@ -1,0 +1,2 @@
+"""mmengine glue: hooks and launch helpers."""
+from . import hooks, launch  # noqa: F401

@@ -1,0 +1,1 @@
+from .mvitv2 import MViTv2, MViTv2Arch  # noqa: F401
