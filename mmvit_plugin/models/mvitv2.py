@@ -1,9 +1,567 @@
-"""Placeholder while the backbone is being written."""
+"""MViTv2 backbone: one implementation for images (2D) and inflated video models (3D).
+
+Module and parameter names follow the official facebookresearch/mvit and SlowFast code, so their
+``model_state`` dicts load without renaming (see ``mmvit_plugin.checkpoint`` for other formats).
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+
+from ..registry import register_model
+from .rel_pos import Size, decomposed_rel_pos_bias, rel_pos_table_length
+
+NUM_STAGES = 4
+LN_EPS = 1e-6
 
 
-class MViTv2:
-    pass
+def check_input_size(size: Union[int, Sequence[int]], video: bool) -> Size:
+    """Normalise an input size to (H, W) or (T, H, W) and reject sizes the model cannot use."""
+    want = 3 if video else 2
+    if isinstance(size, int):
+        if video:
+            raise ValueError(f'img_size={size}: a video MViTv2 needs (frames, height, width)')
+        size = (size, size)
+    size = tuple(size)
+    if len(size) != want or not all(isinstance(s, int) for s in size):
+        layout = '(frames, height, width)' if video else '(height, width)'
+        raise ValueError(f'img_size={size}: a {"video" if video else "image"} MViTv2 needs '
+                         f'{want} ints {layout}')
+    # The tables are sized with floor division, so the last stage needs at least one cell:
+    # spatial sides are divided by 4 (patch) * 2 * 2 * 2 (query pooling), time by 2.
+    *frames, height, width = size
+    for name, side in (('height', height), ('width', width)):
+        if side < 32:
+            raise ValueError(f'img_size={size}: {name} {side} is too small; MViTv2 reduces '
+                             'each spatial side by 32 (patch stride 4, three stride-2 stages), '
+                             'so it must be at least 32')
+    if frames and frames[0] < 2:
+        raise ValueError(f'img_size={size}: {frames[0]} frame(s) is too few; the temporal '
+                         'patch stride is 2, so at least 2 frames are needed')
+    return size
 
 
+@dataclass(frozen=True)
 class MViTv2Arch:
-    pass
+    """Size of an MViTv2 variant.
+
+    ``stage_starts`` are the blocks where queries are pooled with stride 2 and the width and
+    head count double, so the model has four stages.
+    """
+    embed_dim: int
+    depth: int
+    num_heads: int
+    stage_starts: Tuple[int, int, int]
+    dim_mul_in_att: bool = True
+    with_cls_token: bool = False
+    video: bool = False
+    img_size: Tuple[int, ...] = (224, 224)
+    drop_path_rate: float = 0.1
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        def fail(field: str, why: str) -> None:
+            raise ValueError(f'MViTv2 arch field {field!r}: {why}')
+
+        for name in ('embed_dim', 'depth', 'num_heads'):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                fail(name, f'must be a positive int, got {getattr(self, name)!r}')
+        if self.embed_dim % self.num_heads:
+            fail('embed_dim', f'{self.embed_dim} is not divisible by num_heads={self.num_heads}')
+        starts = tuple(self.stage_starts)
+        if len(starts) != NUM_STAGES - 1 or list(starts) != sorted(set(starts)) \
+                or starts[0] < 1 or starts[-1] >= self.depth:
+            fail('stage_starts', f'needs {NUM_STAGES - 1} increasing block indices in '
+                 f'[1, depth={self.depth}), got {starts}')
+        object.__setattr__(self, 'stage_starts', starts)
+        object.__setattr__(self, 'img_size', check_input_size(self.img_size, self.video))
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            fail('drop_path_rate', f'must be in [0, 1), got {self.drop_path_rate}')
+
+    @property
+    def patch_kernel(self) -> Size:
+        return (3, 7, 7) if self.video else (7, 7)
+
+    @property
+    def patch_stride(self) -> Size:
+        return (2, 4, 4) if self.video else (4, 4)
+
+    @property
+    def patch_padding(self) -> Size:
+        return (1, 3, 3) if self.video else (3, 3)
+
+    @property
+    def pool_kernel(self) -> Size:
+        return (3, 3, 3) if self.video else (3, 3)
+
+    @property
+    def q_stride(self) -> Size:
+        """Query stride at a stage start (time is never pooled)."""
+        return (1, 2, 2) if self.video else (2, 2)
+
+    @property
+    def first_kv_stride(self) -> Size:
+        return (1, 8, 8) if self.video else (4, 4)
+
+
+def _image(embed_dim: int, depth: int, heads: int, starts: Tuple[int, int, int],
+           drop_path: float, **kw) -> MViTv2Arch:
+    return MViTv2Arch(embed_dim, depth, heads, starts, drop_path_rate=drop_path, **kw)
+
+
+def _video(embed_dim: int, depth: int, heads: int, starts: Tuple[int, int, int],
+           drop_path: float, size: Tuple[int, int, int]) -> MViTv2Arch:
+    return MViTv2Arch(embed_dim, depth, heads, starts, with_cls_token=True, video=True,
+                      img_size=size, drop_path_rate=drop_path)
+
+
+ARCHS: Dict[str, MViTv2Arch] = {
+    'tiny': _image(96, 10, 1, (1, 3, 8), 0.1),
+    'small': _image(96, 16, 1, (1, 3, 14), 0.1),
+    'base': _image(96, 24, 1, (2, 5, 21), 0.3),
+    'large': _image(144, 48, 2, (2, 8, 44), 0.5, dim_mul_in_att=False),
+    # No drop-path rate was published for H.
+    'huge': _image(192, 80, 3, (4, 12, 72), 0.0, with_cls_token=True),
+    'base-in21k': _image(96, 24, 1, (2, 5, 21), 0.3, with_cls_token=True),
+    'large-in21k': _image(144, 48, 2, (2, 8, 44), 0.5, with_cls_token=True),
+    'small-16x4': _video(96, 16, 1, (1, 3, 14), 0.2, (16, 224, 224)),
+    'base-32x3': _video(96, 24, 1, (2, 5, 21), 0.3, (32, 224, 224)),
+    'large-40x3': _video(144, 48, 2, (2, 8, 44), 0.75, (40, 312, 312)),
+}
+
+
+def resolve_arch(arch: Union[str, dict, MViTv2Arch]) -> MViTv2Arch:
+    """An arch from its name, a dict of ``MViTv2Arch`` fields, or an ``MViTv2Arch``."""
+    if isinstance(arch, MViTv2Arch):
+        return arch
+    if isinstance(arch, str):
+        if arch.lower() not in ARCHS:
+            raise ValueError(f'unknown MViTv2 arch {arch!r}; choose one of {sorted(ARCHS)} '
+                             'or give a dict of MViTv2Arch fields')
+        return ARCHS[arch.lower()]
+    if isinstance(arch, dict):
+        fields = {f.name for f in dataclasses.fields(MViTv2Arch)}
+        unknown = set(arch) - fields
+        if unknown:
+            raise ValueError(f'MViTv2 arch dict has unknown fields {sorted(unknown)}; '
+                             f'known fields: {sorted(fields)}')
+        missing = {'embed_dim', 'depth', 'num_heads', 'stage_starts'} - set(arch)
+        if missing:
+            raise ValueError(f'MViTv2 arch dict lacks required fields {sorted(missing)}')
+        return MViTv2Arch(**arch)
+    raise TypeError(f'arch must be a name, a dict or an MViTv2Arch, got {type(arch).__name__}')
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Everything one block needs to know about its place in the network."""
+    dim_in: int
+    dim_out: int
+    num_heads: int
+    q_stride: Size
+    kv_stride: Size
+    rel_pos_lengths: Size  # one table length per axis, (t,) h, w
+
+
+def block_specs(arch: MViTv2Arch, input_size: Size) -> List[BlockSpec]:
+    """Widths, heads, strides and relative-position table lengths of every block.
+
+    Table lengths follow the official code: the grid is tracked with floor division from the
+    input size the model is built for, and each table spans 2 * max(q side, kv side) - 1.
+    """
+    grid = tuple(s // p for s, p in zip(input_size, arch.patch_stride))
+    ones = (1,) * len(grid)
+    kv_stride = arch.first_kv_stride
+    dim, heads = arch.embed_dim, arch.num_heads
+    specs = []
+    for i in range(arch.depth):
+        at_start = i in arch.stage_starts
+        q_stride = arch.q_stride if at_start else ones
+        if at_start:
+            kv_stride = tuple(max(k // q, 1) for k, q in zip(kv_stride, q_stride))
+            heads *= 2
+        if arch.dim_mul_in_att:
+            dim_out = dim * 2 if at_start else dim
+        else:  # the width grows in the MLP of the block before each stage start
+            dim_out = dim * 2 if i + 1 in arch.stage_starts else dim
+        lengths = []
+        for axis, side in enumerate(grid):
+            if arch.video and axis == 0:  # time: queries and keys keep every step
+                lengths.append(2 * side - 1)
+            else:
+                lengths.append(rel_pos_table_length(side // q_stride[axis],
+                                                    side // kv_stride[axis]))
+        specs.append(BlockSpec(dim, dim_out, heads, q_stride, kv_stride, tuple(lengths)))
+        grid = tuple(s // q for s, q in zip(grid, q_stride))
+        dim = dim_out
+    return specs
+
+
+def _split_cls(x: torch.Tensor, with_cls_token: bool, dim: int):
+    if with_cls_token:
+        return x.narrow(dim, 0, 1), x.narrow(dim, 1, x.shape[dim] - 1)
+    return None, x
+
+
+class PoolingAttention(nn.Module):
+    """Multi-head pooling attention with decomposed relative positions and residual pooling."""
+
+    def __init__(self, dim: int, att_dim: int, spec: BlockSpec, arch: MViTv2Arch,
+                 qkv_bias: bool = True, residual_pooling: bool = True,
+                 attn_impl: str = 'auto') -> None:
+        super().__init__()
+        if attn_impl not in ('auto', 'sdpa', 'math'):
+            raise ValueError(f"attn_impl must be 'auto', 'sdpa' or 'math', got {attn_impl!r}")
+        self.num_heads = spec.num_heads
+        self.head_dim = att_dim // spec.num_heads
+        self.att_dim = att_dim
+        self.scale = self.head_dim ** -0.5
+        self.with_cls_token = arch.with_cls_token
+        self.residual_pooling = residual_pooling
+        self.attn_impl = attn_impl
+
+        self.qkv = nn.Linear(dim, att_dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(att_dim, att_dim)
+        conv = nn.Conv3d if arch.video else nn.Conv2d
+        kernel = arch.pool_kernel
+        padding = tuple(k // 2 for k in kernel)
+        # Depthwise over head_dim channels, shared by all heads.
+        for name, stride in (('q', spec.q_stride), ('k', spec.kv_stride), ('v', spec.kv_stride)):
+            self.add_module(f'pool_{name}', conv(self.head_dim, self.head_dim, kernel, stride,
+                                                 padding, groups=self.head_dim, bias=False))
+            self.add_module(f'norm_{name}', nn.LayerNorm(self.head_dim, eps=LN_EPS))
+        *t_len, h_len, w_len = spec.rel_pos_lengths
+        self.rel_pos_h = nn.Parameter(torch.zeros(h_len, self.head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(w_len, self.head_dim))
+        if t_len:
+            self.rel_pos_t = nn.Parameter(torch.zeros(t_len[0], self.head_dim))
+
+    def rel_pos_tables(self) -> List[torch.Tensor]:
+        tables = [self.rel_pos_h, self.rel_pos_w]
+        return [self.rel_pos_t] + tables if hasattr(self, 'rel_pos_t') else tables
+
+    def _pool(self, x: torch.Tensor, pool: nn.Module, norm: nn.Module,
+              size: Size) -> Tuple[torch.Tensor, Size]:
+        cls_tok, x = _split_cls(x, self.with_cls_token, dim=2)
+        B, heads, _, C = x.shape
+        # (B, heads, N, C) -> (B*heads, C, *size): a channels-last view, no copy.
+        x = pool(x.reshape(B * heads, *size, C).movedim(-1, 1))
+        pooled_size = tuple(x.shape[2:])
+        x = x.flatten(2).transpose(1, 2).reshape(B, heads, -1, C)
+        if cls_tok is not None:
+            x = torch.cat((cls_tok, x), dim=2)
+        return norm(x), pooled_size
+
+    def _use_sdpa(self) -> bool:
+        if self.attn_impl == 'auto':
+            return torch.is_grad_enabled()
+        return self.attn_impl == 'sdpa'
+
+    def forward(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, q_size = self._pool(q, self.pool_q, self.norm_q, size)
+        k, k_size = self._pool(k, self.pool_k, self.norm_k, size)
+        v, _ = self._pool(v, self.pool_v, self.norm_v, size)
+
+        q_patch = q[:, :, 1:] if self.with_cls_token else q
+        bias = decomposed_rel_pos_bias(q_patch, q_size, k_size, self.rel_pos_tables())
+        if self.with_cls_token:  # the cls row and column get no relative position
+            bias = F.pad(bias, (1, 0, 1, 0))
+
+        if self._use_sdpa():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            attn = torch.matmul(q * self.scale, k.transpose(-2, -1)).add_(bias)
+            out = torch.matmul(attn.softmax(dim=-1), v)
+        if self.residual_pooling:
+            out = out + (F.pad(q_patch, (0, 0, 1, 0)) if self.with_cls_token else q)
+        out = out.transpose(1, 2).reshape(B, -1, self.att_dim)
+        return self.proj(out), q_size
+
+
+class Mlp(nn.Module):
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MViTv2Block(nn.Module):
+    """Pooling attention and MLP, each with a (pooled, projected when widening) shortcut."""
+
+    def __init__(self, spec: BlockSpec, arch: MViTv2Arch, drop_path: float,
+                 qkv_bias: bool = True, residual_pooling: bool = True,
+                 attn_impl: str = 'auto') -> None:
+        super().__init__()
+        dim, dim_out = spec.dim_in, spec.dim_out
+        att_dim = dim_out if arch.dim_mul_in_att else dim
+        self.dim_mul_in_att = arch.dim_mul_in_att
+        self.with_cls_token = arch.with_cls_token
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = PoolingAttention(dim, att_dim, spec, arch, qkv_bias, residual_pooling,
+                                     attn_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(att_dim, eps=LN_EPS)
+        self.mlp = Mlp(att_dim, int(att_dim * arch.mlp_ratio), dim_out)
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        if any(s > 1 for s in spec.q_stride):
+            kernel = tuple(s + 1 if s > 1 else s for s in spec.q_stride)
+            pool = nn.MaxPool3d if arch.video else nn.MaxPool2d
+            self.pool_skip = pool(kernel, spec.q_stride, tuple(k // 2 for k in kernel))
+        else:
+            self.pool_skip = None
+
+    def _pooled_shortcut(self, x: torch.Tensor, size: Size) -> torch.Tensor:
+        if self.pool_skip is None:
+            return x
+        cls_tok, x = _split_cls(x, self.with_cls_token, dim=1)
+        B, _, C = x.shape
+        x = self.pool_skip(x.reshape(B, *size, C).movedim(-1, 1))
+        x = x.flatten(2).transpose(1, 2)
+        return x if cls_tok is None else torch.cat((cls_tok, x), dim=1)
+
+    def forward(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
+        x_norm = self.norm1(x)
+        attn_out, out_size = self.attn(x_norm, size)
+        if self.proj is not None and self.dim_mul_in_att:
+            x = self.proj(x_norm)
+        x = self._pooled_shortcut(x, size) + self.drop_path(attn_out)
+        x_norm = self.norm2(x)
+        mlp_out = self.mlp(x_norm)
+        if self.proj is not None and not self.dim_mul_in_att:
+            x = self.proj(x_norm)
+        return x + self.drop_path(mlp_out), out_size
+
+
+class PatchEmbed(nn.Module):
+
+    def __init__(self, arch: MViTv2Arch, in_channels: int) -> None:
+        super().__init__()
+        conv = nn.Conv3d if arch.video else nn.Conv2d
+        self.proj = conv(in_channels, arch.embed_dim, arch.patch_kernel, arch.patch_stride,
+                         arch.patch_padding)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Size]:
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
+
+
+OUT_TYPES = ('featmap', 'avg_featmap', 'cls_token', 'featmap_and_cls')
+
+
+@register_model
+class MViTv2(BaseModule):
+    """MViTv2 backbone for images (B, C, H, W) and video (B, C, T, H, W).
+
+    Args:
+        arch: a name from ``MViTv2.arch_zoo`` or a dict of ``MViTv2Arch`` fields.
+        img_size: input size the relative-position tables are built for; other sizes run too
+            (tables are interpolated). Defaults to the arch's training size.
+        in_channels: input channels.
+        out_indices: stages (0-3, negative counts from the end) whose features are returned.
+        out_type: 'featmap' (B, C, [T,] H, W), 'avg_featmap' (mean of patch tokens),
+            'cls_token', or 'featmap_and_cls' ([featmap, cls_token], as mmaction2's MViTHead
+            reads it). Every output is taken after a LayerNorm of a copy of the tokens.
+        drop_path_rate: stochastic depth at the last block (linear from 0). Defaults to the
+            arch's published rate.
+        frozen_stages: freeze the patch embedding (0) and the first ``frozen_stages`` stages.
+        with_cp: activation checkpointing of every block while training.
+        attn_impl: 'auto', 'sdpa' (fused attention with the relative positions as mask) or
+            'math' (explicit attention matrix).
+        residual_pooling, qkv_bias: MViTv2 switches (on in every published model).
+        init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=...)`` accepts
+            every format ``mmvit_plugin.checkpoint`` reads.
+    """
+    arch_zoo = ARCHS
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 img_size: Optional[Union[int, Sequence[int]]] = None,
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'featmap',
+                 drop_path_rate: Optional[float] = None,
+                 frozen_stages: int = -1,
+                 with_cp: bool = False,
+                 attn_impl: str = 'auto',
+                 residual_pooling: bool = True,
+                 qkv_bias: bool = True,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch = resolve_arch(arch)
+        self.video = self.arch.video
+        self.img_size = check_input_size(img_size if img_size is not None
+                                         else self.arch.img_size, self.video)
+        self.in_channels = in_channels
+        self.with_cls_token = self.arch.with_cls_token
+        if out_type not in OUT_TYPES:
+            raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
+        if out_type in ('cls_token', 'featmap_and_cls') and not self.with_cls_token:
+            raise ValueError(f'out_type={out_type!r} needs a cls token, but this arch has '
+                             'with_cls_token=False')
+        self.out_type = out_type
+        self.out_indices = self._normalise_out_indices(out_indices)
+        self.frozen_stages = frozen_stages
+        self.with_cp = with_cp
+        drop_path_rate = self.arch.drop_path_rate if drop_path_rate is None else drop_path_rate
+
+        self.patch_embed = PatchEmbed(self.arch, in_channels)
+        if self.with_cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, self.arch.embed_dim))
+        self.specs = block_specs(self.arch, self.img_size)
+        rates = torch.linspace(0, drop_path_rate, self.arch.depth).tolist()
+        self.blocks = nn.ModuleList(
+            MViTv2Block(spec, self.arch, rate, qkv_bias, residual_pooling, attn_impl)
+            for spec, rate in zip(self.specs, rates))
+
+        stage_ends = [s - 1 for s in self.arch.stage_starts] + [self.arch.depth - 1]
+        self.stage_of_last_block = {block: stage for stage, block in enumerate(stage_ends)}
+        self.stage_dims = [self.specs[b].dim_out for b in stage_ends]
+        for stage in self.out_indices:
+            self.add_module(self._norm_name(stage),
+                            nn.LayerNorm(self.stage_dims[stage], eps=LN_EPS))
+        self._freeze_stages()
+
+    @staticmethod
+    def _normalise_out_indices(out_indices: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        result = []
+        for index in indices:
+            if not -NUM_STAGES <= index < NUM_STAGES:
+                raise ValueError(f'out_indices entry {index} is out of range: MViTv2 has '
+                                 f'{NUM_STAGES} stages (0..{NUM_STAGES - 1}, or negative)')
+            result.append(index % NUM_STAGES)
+        return tuple(sorted(set(result)))
+
+    @staticmethod
+    def _norm_name(stage: int) -> str:
+        # The last stage's norm keeps the official name.
+        return 'norm' if stage == NUM_STAGES - 1 else f'norm{stage}'
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_dims[-1]
+
+    # Initialisation -------------------------------------------------------------------------
+
+    def init_weights(self) -> None:
+        init_cfg = self.init_cfg if isinstance(self.init_cfg, dict) else None
+        if init_cfg is not None and init_cfg.get('type') == 'Pretrained':
+            from ..checkpoint import init_backbone_from_checkpoint
+            init_backbone_from_checkpoint(self, init_cfg)
+            self._is_init = True
+            return
+        if self.init_cfg:
+            super().init_weights()
+            return
+        self.reset_parameters()
+        self._is_init = True
+
+    def reset_parameters(self) -> None:
+        """The official initialisation (image: facebookresearch/mvit, video: SlowFast)."""
+        for block in self.blocks:
+            for table in block.attn.rel_pos_tables():
+                nn.init.trunc_normal_(table, std=0.02)
+        if self.with_cls_token:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        bias_value = 0.02 if self.video else 0.0
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, bias_value)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.constant_(module.weight, 1.0)
+                nn.init.constant_(module.bias, bias_value)
+            elif self.video and isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+
+    # Freezing ------------------------------------------------------------------------------
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules: List[nn.Module] = [self.patch_embed]
+        last = ([0] + list(self.arch.stage_starts) + [self.arch.depth])[
+            min(self.frozen_stages, NUM_STAGES)]
+        modules.extend(self.blocks[:last])
+        return modules
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages >= 0 and self.with_cls_token:
+            self.cls_token.requires_grad_(False)
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> 'MViTv2':
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    # Forward -------------------------------------------------------------------------------
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        want = 5 if self.video else 4
+        if x.dim() != want:
+            kind, layout = (('video', '(B, C, T, H, W)') if self.video
+                            else ('image', '(B, C, H, W)'))
+            hint = ('; build a video arch (e.g. small-16x4, or video=True) for clips'
+                    if x.dim() == 5 else '; build an image arch for single images'
+                    if x.dim() == 4 else '')
+            raise ValueError(f'this MViTv2 is an {kind} model and expects a {want}-D input '
+                             f'{layout}, got shape {tuple(x.shape)}{hint}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'MViTv2 was built for in_channels={self.in_channels}, got an '
+                             f'input with {x.shape[1]} channels (shape {tuple(x.shape)})')
+
+    def _stage_output(self, x: torch.Tensor, size: Size, stage: int):
+        x = getattr(self, self._norm_name(stage))(x)
+        cls_tok, patches = _split_cls(x, self.with_cls_token, dim=1)
+        if self.out_type == 'avg_featmap':
+            return patches.mean(dim=1)
+        if self.out_type == 'cls_token':
+            return cls_tok.squeeze(1)
+        featmap = patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], *size)
+        if self.out_type == 'featmap_and_cls':
+            return [featmap, cls_tok.squeeze(1)]
+        return featmap
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        self._check_input(x)
+        x, size = self.patch_embed(x)
+        if self.with_cls_token:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        outs = []
+        for index, block in enumerate(self.blocks):
+            if self.with_cp and self.training and x.requires_grad:
+                x, size = cp.checkpoint(block, x, size, use_reentrant=False)
+            else:
+                x, size = block(x, size)
+            stage = self.stage_of_last_block.get(index)
+            if stage in self.out_indices:
+                outs.append(self._stage_output(x, size, stage))
+        return tuple(outs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ['MViTv2', 'MViTv2Arch', 'ARCHS', 'BlockSpec', 'block_specs', 'resolve_arch',
+           'check_input_size', 'count_parameters']
