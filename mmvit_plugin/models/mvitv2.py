@@ -422,7 +422,8 @@ class MViTv2(BaseModule):
         if self.with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, self.arch.embed_dim))
         self.specs = block_specs(self.arch, self.img_size)
-        rates = torch.linspace(0, drop_path_rate, self.arch.depth).tolist()
+        depth = self.arch.depth
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             MViTv2Block(spec, self.arch, rate, qkv_bias, residual_pooling, attn_impl)
             for spec, rate in zip(self.specs, rates))

@@ -1,0 +1,12 @@
+# MViTv2-base image classifier (1000 classes), model part only.
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='MViTv2', arch='base', out_type='avg_featmap'),
+    neck=None,
+    head=dict(
+        type='LinearClsHead',
+        num_classes=1000,
+        in_channels=768,
+        loss=dict(type='CrossEntropyLoss', loss_weight=1.0),
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=0.02)),
+)

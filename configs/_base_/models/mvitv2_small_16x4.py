@@ -1,0 +1,17 @@
+# MViTv2-small-16x4 video recognizer (Kinetics-400), model part only.
+model = dict(
+    type='Recognizer3D',
+    backbone=dict(type='MViTv2', arch='small-16x4', out_type='featmap_and_cls'),
+    cls_head=dict(
+        type='MViTHead',
+        in_channels=768,
+        num_classes=400,
+        dropout_ratio=0.5,
+        with_cls_token=True,
+        average_clips='prob'),
+    data_preprocessor=dict(
+        type='ActionDataPreprocessor',
+        mean=[114.75, 114.75, 114.75],
+        std=[57.375, 57.375, 57.375],
+        format_shape='NCTHW'),
+)
