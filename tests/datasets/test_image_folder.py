@@ -1,0 +1,176 @@
+"""ImageClassFolder: class indices, split checks, unreadable files, colour conversion."""
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmvit_plugin.datasets.image_folder as image_folder
+from mmvit_plugin.datasets.image_folder import (ImageClassFolder, LoadImageChecked,
+                                                check_image_header)
+
+
+def _save(path: str, array: np.ndarray, mode: str = None) -> str:
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path)
+    return path
+
+
+def _rgb(value: int) -> np.ndarray:
+    return np.full((6, 5, 3), value, dtype=np.uint8)
+
+
+@pytest.fixture
+def root(tmp_path):
+    """train: cat (2), dog (1), eel (1); val: cat, dog; test: eel only."""
+    base = str(tmp_path / 'data')
+    _save(f'{base}/train/cat/a.png', _rgb(10))
+    _save(f'{base}/train/cat/sub/b.jpg', _rgb(20))  # nested folders are walked
+    _save(f'{base}/train/dog/c.png', _rgb(30))
+    _save(f'{base}/train/eel/d.PNG', _rgb(40))  # extension case does not matter
+    with open(f'{base}/train/dog/notes.txt', 'w') as f:  # not an image extension: ignored
+        f.write('x')
+    _save(f'{base}/val/cat/e.png', _rgb(50))
+    _save(f'{base}/val/dog/f.png', _rgb(60))
+    _save(f'{base}/test/eel/g.png', _rgb(70))
+    return base
+
+
+@pytest.fixture
+def warnings_log(monkeypatch):
+    messages = []
+    monkeypatch.setattr(image_folder, 'print_log',
+                        lambda msg, logger=None, level=None: messages.append(msg))
+    return messages
+
+
+def _labels(dataset):
+    return [(osp.basename(dataset.get_data_info(i)['img_path']),
+             dataset.get_data_info(i)['gt_label']) for i in range(len(dataset))]
+
+
+def test_class_indices_come_from_train_and_hold_for_every_split(root):
+    train = ImageClassFolder(data_root=root, split='train')
+    val = ImageClassFolder(data_root=root, split='val')
+    test = ImageClassFolder(data_root=root, split='test')
+    assert train.metainfo['classes'] == ('cat', 'dog', 'eel')
+    assert val.metainfo['classes'] == test.metainfo['classes'] == ('cat', 'dog', 'eel')
+    assert _labels(train) == [('a.png', 0), ('b.jpg', 0), ('c.png', 1), ('d.PNG', 2)]
+    assert _labels(val) == [('e.png', 0), ('f.png', 1)]
+    assert _labels(test) == [('g.png', 2)]  # eel keeps index 2 although cat, dog are absent
+
+
+def test_missing_root_split_and_empty_split_are_named(root, tmp_path):
+    missing = str(tmp_path / 'nowhere')
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        ImageClassFolder(data_root=missing)
+    with pytest.raises(FileNotFoundError, match=r'holdout.*does not exist'):
+        ImageClassFolder(data_root=root, split='holdout')
+    os.makedirs(f'{root}/empty/cat')
+    with pytest.raises(FileNotFoundError, match=r'no images found in .*empty'):
+        ImageClassFolder(data_root=root, split='empty')
+    no_train = str(tmp_path / 'only_val')
+    _save(f'{no_train}/val/cat/a.png', _rgb(1))
+    with pytest.raises(FileNotFoundError, match=r'only_val/train.*missing'):
+        ImageClassFolder(data_root=no_train, split='val')
+
+
+def test_unknown_class_in_val_is_an_error_naming_it(root):
+    _save(f'{root}/val/fox/h.png', _rgb(1))
+    with pytest.raises(ValueError, match=r"class folders that the 'train' split does not "
+                       r"know: \['fox'\]"):
+        ImageClassFolder(data_root=root, split='val')
+
+
+def test_empty_class_folder_warns_with_its_path(root, warnings_log):
+    os.makedirs(f'{root}/train/fox')
+    dataset = ImageClassFolder(data_root=root, split='train')
+    assert dataset.metainfo['classes'] == ('cat', 'dog', 'eel', 'fox')
+    assert len(dataset) == 4
+    assert any('hold no image' in m and osp.join(root, 'train', 'fox') in m
+               for m in warnings_log)
+
+
+def _make_corrupt(root):
+    bad_text = f'{root}/train/dog/bad.png'
+    with open(bad_text, 'w') as f:
+        f.write('this is not a png')
+    empty = f'{root}/train/cat/empty.jpg'
+    open(empty, 'wb').close()
+    return bad_text, empty
+
+
+def test_corrupt_files_stop_before_training_and_are_listed(root):
+    bad_text, empty = _make_corrupt(root)
+    with pytest.raises(ValueError) as info:
+        ImageClassFolder(data_root=root, split='train')
+    message = str(info.value)
+    assert '2 unreadable image file(s)' in message
+    assert bad_text in message and empty in message and 'empty file' in message
+    assert 'skip_corrupt=True' in message
+
+
+def test_skip_corrupt_leaves_them_out_with_a_warning_and_count(root, warnings_log):
+    bad_text, empty = _make_corrupt(root)
+    dataset = ImageClassFolder(data_root=root, split='train', skip_corrupt=True)
+    assert dataset.num_skipped == 2
+    assert len(dataset) == 4
+    paths = {dataset.get_data_info(i)['img_path'] for i in range(len(dataset))}
+    assert bad_text not in paths and empty not in paths
+    assert any('skipped 2 unreadable' in m and bad_text in m for m in warnings_log)
+
+
+def _truncate_in_pixel_data(png: str, out: str = None) -> str:
+    """Cut a PNG a few bytes into its pixel data: the header still parses."""
+    with open(png, 'rb') as f:
+        data = f.read()
+    out = out or png
+    with open(out, 'wb') as f:
+        f.write(data[:data.index(b'IDAT') + 6])
+    return out
+
+
+def test_header_check_is_header_only(root):
+    good = f'{root}/train/cat/a.png'
+    assert check_image_header(good) is None
+    truncated = _truncate_in_pixel_data(good, f'{root}/train/cat/truncated.png')
+    assert check_image_header(truncated) is None
+    assert 'empty file' in check_image_header(_make_corrupt(root)[1])
+
+
+def test_file_that_fails_to_decode_is_named_or_skipped(root, warnings_log):
+    truncated = _truncate_in_pixel_data(f'{root}/train/cat/a.png')
+    pipeline = [dict(type='LoadImageChecked')]
+    strict = ImageClassFolder(data_root=root, split='train', pipeline=pipeline)
+    with pytest.raises(ValueError, match=r'cannot decode image .*a\.png'):
+        strict[0]
+    lenient = ImageClassFolder(data_root=root, split='train', pipeline=pipeline,
+                               skip_corrupt=True)
+    sample = lenient[0]  # training mode: another sample is drawn instead
+    assert sample['img_path'] != truncated
+    assert any('fails to decode' in m and truncated in m for m in warnings_log)
+
+
+def test_grayscale_rgba_and_16bit_become_3_channel_8bit(tmp_path):
+    gray = _save(str(tmp_path / 'gray.png'), np.full((4, 3), 77, np.uint8), mode='L')
+    rgba_pixels = np.zeros((4, 3, 4), np.uint8)
+    rgba_pixels[..., 0], rgba_pixels[..., 1], rgba_pixels[..., 2] = 200, 100, 50
+    rgba_pixels[..., 3] = 10  # nearly transparent: colour is kept, alpha dropped
+    rgba = _save(str(tmp_path / 'rgba.png'), rgba_pixels, mode='RGBA')
+    deep = str(tmp_path / 'gray16.png')
+    cv2.imwrite(deep, np.full((4, 3), 65535, np.uint16))
+    load = LoadImageChecked()
+    for path, expected_bgr in ((gray, (77, 77, 77)), (rgba, (50, 100, 200)),
+                               (deep, (255, 255, 255))):
+        image = load(dict(img_path=path))['img']
+        assert image.shape == (4, 3, 3) and image.dtype == np.uint8, path
+        assert tuple(int(v) for v in image[0, 0]) == expected_bgr, path
+
+
+def test_reserved_arguments_are_rejected(root):
+    with pytest.raises(ValueError, match='ann_file'):
+        ImageClassFolder(data_root=root, ann_file='list.txt')
+    with pytest.raises(ValueError, match='data_root is empty'):
+        ImageClassFolder(data_root='')
