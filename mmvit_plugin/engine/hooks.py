@@ -1,1 +1,103 @@
-"""Work in progress."""
+"""Runner hooks for MViTv2 checkpoints, registered in mmpretrain's and mmaction2's HOOKS.
+
+- ``CheckpointFormatHook`` lets ``load_from`` (and so ``tools/test.py CONFIG CKPT``) take any
+  supported format: it converts the checkpoint mmengine has just read (``weights_only``) into
+  the model's key layout, interpolating relative-position tables to the model's input size.
+  It also refuses, before anything is unpickled, a ``load_from``/``resume`` file that needs
+  globals outside the weights-only allowlist, naming them.
+- ``WeightInflationHook`` initialises a video model from 2D (image) weights when training
+  starts, unless the runner already resumed or loaded weights (``load_from``).
+"""
+from typing import Optional
+
+from mmengine.hooks import Hook
+from mmengine.runner import find_latest_checkpoint
+
+from ..checkpoint.inflate import DEFAULT_INFLATION, INFLATION_METHODS
+from ..checkpoint.load import convert_checkpoint_for_model, inflate_into_model
+from ..checkpoint.safe_load import UnsafeCheckpointError, unsafe_globals_in_file
+from ..registry import register_hook
+
+
+def _file_the_runner_will_load(runner) -> Optional[str]:
+    """The checkpoint ``Runner.load_or_resume`` is about to read, if any (same rules)."""
+    if getattr(runner, '_has_loaded', False):
+        return None
+    load_from, resume = runner._load_from, runner._resume
+    if resume and load_from is None:
+        return find_latest_checkpoint(runner.work_dir)
+    return load_from
+
+
+@register_hook
+class CheckpointFormatHook(Hook):
+    """Make the runner's ``load_from`` accept every MViTv2 checkpoint format.
+
+    Add ``custom_hooks = [dict(type='CheckpointFormatHook')]`` to a config. Resumed
+    checkpoints (the runner's own) fit the model already and pass through unchanged.
+
+    Args:
+        inflate: 'center' or 'average' to inflate a 2D ``load_from`` file into a 3D model;
+            None (default) refuses such a file with a clear error.
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self, inflate: Optional[str] = None) -> None:
+        if inflate is not None and inflate not in INFLATION_METHODS:
+            raise ValueError(f'CheckpointFormatHook inflate must be one of {INFLATION_METHODS} '
+                             f'or None, got {inflate!r}')
+        self.inflate = inflate
+
+    def before_run(self, runner) -> None:
+        path = _file_the_runner_will_load(runner)
+        if not path or '://' in str(path):
+            return
+        unsafe = unsafe_globals_in_file(path)
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f'{path}: refusing to load this checkpoint: it needs Python objects that are '
+                f'not plain weights ({", ".join(unsafe[:5])}). Unpickling them could run code '
+                'from the file. If you trust its source, convert it once with '
+                'tools/convert_checkpoint.py --trust-checkpoint and load the converted file.')
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        convert_checkpoint_for_model(checkpoint, runner.model, inflate=self.inflate,
+                                     source=str(runner._load_from or 'checkpoint'),
+                                     logger=runner.logger)
+
+
+@register_hook
+class WeightInflationHook(Hook):
+    """Initialise a video MViTv2 from image weights when training starts.
+
+    Runs after the runner's own loading (``before_train`` follows ``load_or_resume``), and
+    does nothing when the runner resumed or loaded ``load_from`` weights, so it never
+    overwrites them. The head is kept when the class counts match. Every key is logged.
+
+    Args:
+        checkpoint: path of the 2D checkpoint (any supported format).
+        method: 'center' or 'average' inflation of the patch embedding and pooling kernels.
+        trusted: allow full unpickling of a file you trust (old formats); default False.
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self, checkpoint: str, method: str = DEFAULT_INFLATION,
+                 trusted: bool = False) -> None:
+        if method not in INFLATION_METHODS:
+            raise ValueError(f'WeightInflationHook method must be one of {INFLATION_METHODS}, '
+                             f'got {method!r}')
+        self.checkpoint = checkpoint
+        self.method = method
+        self.trusted = trusted
+        self.applied = False
+
+    def before_train(self, runner) -> None:
+        if runner._has_loaded:
+            runner.logger.info(
+                'WeightInflationHook: skipped, the runner already '
+                f'{"resumed" if runner._resume else "loaded"} weights '
+                f'({runner._load_from or "latest checkpoint"}); they are kept')
+            return
+        inflate_into_model(runner.model, self.checkpoint, self.method, self.trusted,
+                           logger=runner.logger)
+        self.applied = True
