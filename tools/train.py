@@ -1,0 +1,85 @@
+"""Train a model from an mmengine config (mmpretrain or mmaction2 scope).
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
+        [--no-validate] [--cfg-options key=value ...] [--launcher none|pytorch|slurm]
+
+Multi-process: tools/dist_train.sh CONFIG NPROC (torchrun). Without a GPU the processes train
+on the CPU over gloo.
+"""
+import argparse
+import os
+import os.path as osp
+import time
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import mmvit_plugin  # noqa: F401  (registers the plugin; makes resume loading safe)
+from mmvit_plugin.engine import launch
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--work-dir', help='folder for logs and checkpoints '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CKPT',
+                        help='resume from CKPT, or, without a value, from the latest '
+                        'checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (float16 on a GPU, bfloat16 on the CPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by (total batch size) / '
+                        'auto_scale_lr.base_batch_size')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='skip validation during training')
+    parser.add_argument('--no-persistent-workers', action='store_true',
+                        help='restart dataloader workers every epoch')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config entries, e.g. '
+                        'train_dataloader.dataset.data_root=/data/x train_cfg.max_epochs=5')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher (set by dist_train.sh / slurm_train.sh)')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif not cfg.get('work_dir'):
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    launch.apply_dataloader_defaults(cfg, persistent_workers=not args.no_persistent_workers)
+    launch.apply_resume(cfg, args.resume)
+    if args.auto_scale_lr:
+        launch.apply_auto_scale_lr(cfg)
+    if args.amp:
+        print(launch.apply_amp(cfg), flush=True)
+    launch.prepare_distributed(cfg, args.launcher)
+    return cfg
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = build_config(args)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    start = time.time()
+    runner.train()
+    elapsed = time.time() - start
+    runner.logger.info(f'training finished in {elapsed:.1f} s ({elapsed / 60:.2f} min); '
+                       f'checkpoints in {cfg.work_dir}')
+    launch.shutdown_distributed()
+
+
+if __name__ == '__main__':
+    main()
