@@ -1,0 +1,201 @@
+"""Build a small real-data video task, "which item moves", from Fashion-MNIST.
+
+    python tools/data/prepare_video_task.py [--src /usr/share/datasets/fashion-mnist]
+        [--out data/moving_fashion] [--train 6000] [--val 500] [--test 2000]
+
+Every clip shows two real Fashion-MNIST items side by side, each in its own cell: one item
+moves (it drifts across its cell and bounces at the edges), the other stays still. The label is
+the category of the moving item, so a single frame cannot tell the answer (which of the two
+items is it?): the model has to see the motion, and to recognise the item. The two items always
+come from different categories.
+
+Writes ``OUT/{train,val,test}/<index>_<name>/<n>.mp4`` (class folders named like the
+Fashion-MNIST image task's, so an image model's head lines up with the video classes) and
+``OUT/classes.txt`` for the demo. ``train`` and ``val`` clips use images of the official
+training set (disjoint), ``test`` clips images of the official 10,000-image test set.
+A finished build is left alone unless --force.
+"""
+import argparse
+import gzip
+import json
+import os
+import os.path as osp
+import shutil
+import struct
+import sys
+from typing import Dict, Tuple
+
+import cv2
+import numpy as np
+
+CLASS_NAMES = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+               'Sneaker', 'Bag', 'Ankle_boot')
+IDX_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
+DONE_MARKER = '.complete.json'
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (optionally gzipped) into an array of its shape."""
+    opener = gzip.open if path.endswith('.gz') else open
+    with opener(path, 'rb') as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b'\x00\x00' or data[2] != 0x08:
+        raise ValueError(f'{path}: not an IDX file of unsigned bytes')
+    ndim = data[3]
+    shape = struct.unpack(f'>{ndim}I', data[4:4 + 4 * ndim])
+    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if payload.size != int(np.prod(shape)):
+        raise ValueError(f'{path}: holds {payload.size} values, header says {shape}')
+    return payload.reshape(shape)
+
+
+def load_fashion_mnist(src: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    image_file, label_file = (osp.join(src, name) for name in IDX_FILES[split])
+    for path in (image_file, label_file):
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{path} not found: install the Debian package '
+                                    'dataset-fashion-mnist or pass --src')
+    images, labels = read_idx(image_file), read_idx(label_file)
+    if len(images) != len(labels) or labels.max() >= len(CLASS_NAMES):
+        raise ValueError(f'{src}: {split} images {images.shape} / labels {labels.shape} disagree')
+    return images, labels
+
+
+def bounce_positions(num_frames: int, slack: int, start: int, step: int) -> np.ndarray:
+    """Positions in [0, slack] of a point moving ``step`` per frame, reflected at both ends."""
+    if slack == 0:
+        return np.zeros(num_frames, dtype=int)
+    period = 2 * slack
+    raw = (start + step * np.arange(num_frames)) % period
+    return np.where(raw <= slack, raw, period - raw)
+
+
+def render_clip(moving: np.ndarray, still: np.ndarray, moving_left: bool,
+                num_frames: int, cell: int, rng: np.random.Generator) -> np.ndarray:
+    """A (T, cell, 2 * cell) uint8 clip: ``moving`` drifts in its cell, ``still`` stays put."""
+    item = moving.shape[0]
+    slack = cell - item
+    if slack < 1:
+        raise ValueError(f'cell {cell} must exceed the item size {item} to leave room to move')
+    frames = np.zeros((num_frames, cell, 2 * cell), dtype=np.uint8)
+    still_y, still_x = rng.integers(0, slack + 1, size=2)
+    step_y, step_x = rng.choice([-1, 1], size=2) * rng.integers(1, 3, size=2)
+    ys = bounce_positions(num_frames, slack, int(rng.integers(0, 2 * slack)), int(step_y))
+    xs = bounce_positions(num_frames, slack, int(rng.integers(0, 2 * slack)), int(step_x))
+    moving_x0, still_x0 = (0, cell) if moving_left else (cell, 0)
+    for t in range(num_frames):
+        frames[t, still_y:still_y + item, still_x0 + still_x:still_x0 + still_x + item] = still
+        y, x = ys[t], moving_x0 + xs[t]
+        frames[t, y:y + item, x:x + item] = moving
+    return frames
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 10) -> None:
+    """Write grey (T, H, W) frames as an MPEG-4 video that decord reads."""
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+    if not writer.isOpened():
+        raise OSError(f'OpenCV cannot write {path} with the mp4v codec')
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+
+
+def class_folder(label: int) -> str:
+    return f'{label}_{CLASS_NAMES[label]}'
+
+
+def build_split(out_dir: str, images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
+                num_clips: int, num_frames: int, cell: int, rng: np.random.Generator
+                ) -> Dict[str, int]:
+    """Write ``num_clips`` clips (classes balanced) drawing items from ``pool`` indices."""
+    by_class = {c: rng.permutation(pool[labels[pool] == c]) for c in range(len(CLASS_NAMES))}
+    cursor = {c: 0 for c in by_class}
+
+    def take(c: int) -> np.ndarray:
+        members = by_class[c]
+        image = images[members[cursor[c] % len(members)]]
+        cursor[c] += 1
+        return image
+
+    counts: Dict[str, int] = {}
+    for clip_id in range(num_clips):
+        label = clip_id % len(CLASS_NAMES)
+        other = int(rng.choice([c for c in range(len(CLASS_NAMES)) if c != label]))
+        frames = render_clip(take(label), take(other), bool(rng.integers(0, 2)), num_frames,
+                             cell, rng)
+        folder = osp.join(out_dir, class_folder(label))
+        os.makedirs(folder, exist_ok=True)
+        write_video(osp.join(folder, f'{clip_id:05d}.mp4'), frames)
+        counts[class_folder(label)] = counts.get(class_folder(label), 0) + 1
+        if (clip_id + 1) % 1000 == 0:
+            print(f'  {out_dir}: {clip_id + 1}/{num_clips}', flush=True)
+    return counts
+
+
+def build(src: str, out: str, sizes: Dict[str, int], num_frames: int, cell: int, seed: int,
+          force: bool) -> dict:
+    wanted = dict(src=osp.abspath(src), sizes=sizes, num_frames=num_frames, cell=cell,
+                  seed=seed)
+    marker = osp.join(out, DONE_MARKER)
+    if osp.isfile(marker) and not force:
+        with open(marker) as f:
+            summary = json.load(f)
+        if all(summary.get(k) == v for k, v in wanted.items()):
+            print(f'{out} already holds this task ({summary["counts"]}); --force redoes it')
+            return summary
+    if osp.isfile(marker):
+        os.remove(marker)
+    for split in sizes:
+        shutil.rmtree(osp.join(out, split), ignore_errors=True)
+    os.makedirs(out, exist_ok=True)
+
+    rng = np.random.default_rng(seed)
+    train_images, train_labels = load_fashion_mnist(src, 'train')
+    test_images, test_labels = load_fashion_mnist(src, 'test')
+    order = rng.permutation(len(train_labels))
+    val_share = max(1, len(order) * sizes['val'] // max(1, sizes['train'] + sizes['val']))
+    pools = {'train': order[val_share:], 'val': order[:val_share]}
+    counts = {}
+    for split in ('train', 'val', 'test'):
+        images, labels = (test_images, test_labels) if split == 'test' else \
+            (train_images, train_labels)
+        pool = np.arange(len(test_labels)) if split == 'test' else pools[split]
+        print(f'writing {sizes[split]} {split} clips under {out}', flush=True)
+        per_class = build_split(osp.join(out, split), images, labels, pool, sizes[split],
+                                num_frames, cell, rng)
+        counts[split] = sum(per_class.values())
+    with open(osp.join(out, 'classes.txt'), 'w') as f:
+        f.write('\n'.join(class_folder(i) for i in range(len(CLASS_NAMES))) + '\n')
+    summary = dict(wanted, counts=counts)
+    with open(marker, 'w') as f:
+        json.dump(summary, f)
+    print(f'done: {counts}')
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--src', default='/usr/share/datasets/fashion-mnist',
+                        help='folder holding the Fashion-MNIST *-ubyte.gz files')
+    parser.add_argument('--out', default='data/moving_fashion', help='output root')
+    parser.add_argument('--train', type=int, default=6000, help='training clips')
+    parser.add_argument('--val', type=int, default=500, help='validation clips')
+    parser.add_argument('--test', type=int, default=2000, help='test clips')
+    parser.add_argument('--frames', type=int, default=16, help='frames per clip')
+    parser.add_argument('--cell', type=int, default=32,
+                        help='side of each item cell (items are 28 px): clips are cell x 2*cell')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--force', action='store_true', help='rebuild a finished task')
+    args = parser.parse_args()
+    sizes = dict(train=args.train, val=args.val, test=args.test)
+    if min(sizes.values()) < 1:
+        sys.exit(f'every split needs at least one clip, got {sizes}')
+    build(args.src, args.out, sizes, args.frames, args.cell, args.seed, args.force)
+
+
+if __name__ == '__main__':
+    main()
