@@ -10,6 +10,8 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, save_best='auto', max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
+# Seeds every epoch from (seed, epoch, rank): a resumed run replays an uninterrupted one.
+custom_hooks = [dict(type='EpochSeedHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,
@@ -22,4 +24,4 @@ visualizer = dict(type='ActionVisualizer', vis_backends=vis_backends)
 log_level = 'INFO'
 load_from = None
 resume = False
-randomness = dict(seed=None, deterministic=False)
+randomness = dict(seed=0, deterministic=False)

@@ -104,6 +104,21 @@ def write_video(path: str, frames: np.ndarray, fps: int = 10) -> None:
     writer.release()
 
 
+def split_pool(labels: np.ndarray, val_fraction: float, rng: np.random.Generator
+               ) -> Dict[str, np.ndarray]:
+    """Disjoint train/val image indices, the same fraction of every class (at least one)."""
+    train, val = [], []
+    for c in range(len(CLASS_NAMES)):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < 2:
+            raise ValueError(f'class {c} ({CLASS_NAMES[c]}) has {len(members)} training '
+                             'image(s); train and val clips need at least one each')
+        take = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
+        val.append(members[:take])
+        train.append(members[take:])
+    return dict(train=np.concatenate(train), val=np.concatenate(val))
+
+
 def class_folder(label: int) -> str:
     return f'{label}_{CLASS_NAMES[label]}'
 
@@ -114,6 +129,10 @@ def build_split(out_dir: str, images: np.ndarray, labels: np.ndarray, pool: np.n
     """Write ``num_clips`` clips (classes balanced) drawing items from ``pool`` indices."""
     by_class = {c: rng.permutation(pool[labels[pool] == c]) for c in range(len(CLASS_NAMES))}
     cursor = {c: 0 for c in by_class}
+
+    missing = [CLASS_NAMES[c] for c, members in by_class.items() if len(members) == 0]
+    if missing:
+        raise ValueError(f'{out_dir}: no source image for classes {missing}')
 
     def take(c: int) -> np.ndarray:
         members = by_class[c]
@@ -156,9 +175,7 @@ def build(src: str, out: str, sizes: Dict[str, int], num_frames: int, cell: int,
     rng = np.random.default_rng(seed)
     train_images, train_labels = load_fashion_mnist(src, 'train')
     test_images, test_labels = load_fashion_mnist(src, 'test')
-    order = rng.permutation(len(train_labels))
-    val_share = max(1, len(order) * sizes['val'] // max(1, sizes['train'] + sizes['val']))
-    pools = {'train': order[val_share:], 'val': order[:val_share]}
+    pools = split_pool(train_labels, sizes['val'] / (sizes['train'] + sizes['val']), rng)
     counts = {}
     for split in ('train', 'val', 'test'):
         images, labels = (test_images, test_labels) if split == 'test' else \
