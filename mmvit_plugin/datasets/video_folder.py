@@ -214,8 +214,8 @@ class VideoFolderDataset(BaseActionDataset):
         ann_file: An mmaction2 list file; when given, it is read instead of the split folder.
         data_prefix: ``dict(video=...)``, the folder that list-file paths are relative to.
         classes: Class names (a sequence or a text file with one name per line). Default: the
-            sorted class folders of ``data_root/<train_split>`` when that folder exists.
-        train_split: Name of the split that defines the classes.
+            sorted class folders of ``data_root/<class_split>`` when that folder exists.
+        class_split: Name of the split whose sorted class folders define the class indices.
         skip_corrupt: Drop videos decord cannot read, with a warning and a count, instead of
             stopping with an error that lists them.
         check_videos: Open every video before training; turn off only for trusted datasets
@@ -234,7 +234,7 @@ class VideoFolderDataset(BaseActionDataset):
                  ann_file: str = '',
                  data_prefix: Optional[dict] = None,
                  classes: Optional[Union[str, Sequence[str]]] = None,
-                 train_split: str = 'train',
+                 class_split: str = 'train',
                  skip_corrupt: bool = False,
                  check_videos: bool = True,
                  check_workers: int = 4,
@@ -249,7 +249,7 @@ class VideoFolderDataset(BaseActionDataset):
         if num_repeats < 1:
             raise ValueError(f'num_repeats must be >= 1, got {num_repeats}')
         self.split = split
-        self.train_split = train_split
+        self.class_split = class_split
         self.skip_corrupt = skip_corrupt
         self.check_videos = check_videos
         self.check_workers = check_workers
@@ -258,6 +258,9 @@ class VideoFolderDataset(BaseActionDataset):
         self.delimiter = delimiter
         self.skipped_videos: Dict[str, str] = {}
 
+        if not data_root and not ann_file:
+            raise VideoDatasetError('VideoFolderDataset: data_root is empty; set '
+                                    '<train|val|test>_dataloader.dataset.data_root (or ann_file)')
         if data_root and not osp.isdir(data_root):
             raise VideoDatasetError(f'dataset root {data_root!r} does not exist')
         class_names = self._resolve_classes(data_root, classes, use_folders=not ann_file)
@@ -290,7 +293,7 @@ class VideoFolderDataset(BaseActionDataset):
             return names
         if classes is not None:
             return list(classes)
-        train_dir = osp.join(data_root, self.train_split)
+        train_dir = osp.join(data_root, self.class_split)
         if use_folders:
             if not osp.isdir(train_dir):
                 raise VideoDatasetError(
@@ -298,6 +301,11 @@ class VideoFolderDataset(BaseActionDataset):
                     'its sorted class folders (or pass classes=[...])')
             return find_class_names(train_dir)
         return find_class_names(train_dir) if osp.isdir(train_dir) else None
+
+    @property
+    def num_skipped(self) -> int:
+        """How many videos were skipped as unreadable (``skip_corrupt=True``)."""
+        return len(self.skipped_videos)
 
     def load_data_list(self) -> List[dict]:
         """Collect ``(filename, label)`` records, then check that decord reads every video."""

@@ -95,6 +95,8 @@ def test_builds_from_either_host_registry(video_root):
 def test_layout_errors_name_the_path(video_root, tmp_path):
     with pytest.raises(VideoDatasetError, match='does not exist'):
         VideoFolderDataset(data_root=str(tmp_path / 'nowhere'), pipeline=pipeline())
+    with pytest.raises(VideoDatasetError, match='data_root is empty'):
+        VideoFolderDataset(pipeline=pipeline())
     with pytest.raises(VideoDatasetError, match=r"split folder .*holdout.* does not exist"):
         VideoFolderDataset(data_root=video_root, split='holdout', pipeline=pipeline())
     write_video(osp.join(video_root, 'val', 'swim', 'swim_0.mp4'), 10)
@@ -145,7 +147,7 @@ def test_unreadable_videos_skipped_with_a_count(video_root, logged):
     dataset = VideoFolderDataset(data_root=video_root, split='train', pipeline=pipeline(),
                                  skip_corrupt=True)
     assert len(dataset) == 4
-    assert set(dataset.skipped_videos) == {bad, truncated}
+    assert set(dataset.skipped_videos) == {bad, truncated} and dataset.num_skipped == 2
     assert any('skipped 2 of 6 unreadable videos' in m for m in logged)
     assert all(d['filename'] not in (bad, truncated) for d in dataset.load_data_list())
 
