@@ -110,8 +110,9 @@ def load_checkpoint_file(path: PathLike, map_location: Any = 'cpu',
                 from err
         if not trusted:
             raise UnsafeCheckpointError(_refusal_message(path, err)) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointReadError(f'{path}: not a readable PyTorch checkpoint ({err})') from err
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        raise CheckpointReadError(f'{path}: not a readable PyTorch checkpoint '
+                                  f'({type(err).__name__}: {err})') from err
     warnings.warn(f'{path}: loading with full unpickling because trusted=True; this runs any '
                   'code the file contains')
     return torch.load(path, map_location=map_location, weights_only=False)

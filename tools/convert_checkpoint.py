@@ -1,0 +1,163 @@
+"""Convert an MViTv2 checkpoint of any supported format into this plugin's format.
+
+    python tools/convert_checkpoint.py SRC DST [--src-format FMT] [--config CONFIG]
+        [--trust-checkpoint] [--overwrite]
+
+Formats: official facebookresearch/mvit .pyth, SlowFast .pyth, mmpretrain, mmaction2, timm,
+torchvision, and this plugin's own files (detected from the keys, or named with
+--src-format). The result is an mmengine checkpoint ({meta, state_dict}) whose keys are those
+of the plugin model (backbone.*, head.fc.* for images, cls_head.fc_cls.* for video), head
+included, so it loads with strict=True into the model built from the matching config; the
+tool names that config. With --config it builds that model, fits the weights to it (the
+relative-position tables are interpolated when the config's input size differs) and checks
+the strict load before writing.
+
+The source is read with torch.load(weights_only=True); a file that needs more (arbitrary
+Python objects) is refused unless you pass --trust-checkpoint.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+import time
+from collections import OrderedDict
+
+import torch
+from mmengine.utils import ProgressBar
+
+import mmvit_plugin  # noqa: F401  (registers the model; allows mmengine's own checkpoints)
+from mmvit_plugin.checkpoint import (FORMATS, ArchitectureMismatchError, CheckpointReadError,
+                                     UnknownCheckpointFormatError, UnsafeCheckpointError,
+                                     config_for, decide_cls_token, from_canonical, infer_arch,
+                                     load_checkpoint_file)
+from mmvit_plugin.checkpoint.arch_info import arch_name_for
+from mmvit_plugin.checkpoint.load import (canonical_from_object, canonical_model_state,
+                                          fit_loaded, model_keys_from_canonical, model_parts)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Convert an MViTv2 checkpoint (official, SlowFast, mmpretrain, mmaction2, '
+        'timm, torchvision, plugin) into the plugin format')
+    parser.add_argument('src', help='source checkpoint file')
+    parser.add_argument('dst', help='output file (.pth)')
+    parser.add_argument('--src-format', choices=list(FORMATS),
+                        help='source format (default: detected from the keys)')
+    parser.add_argument('--config', help='plugin config whose model the output must load '
+                        'into (strict); default: only name the matching config')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow full unpickling of SRC (runs any code it contains); only '
+                        'for files from a source you trust that need it')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing DST')
+    return parser.parse_args(argv)
+
+
+def step(index: int, total: int, text: str) -> None:
+    print(f'[{index}/{total}] {text}', flush=True)
+
+
+def build_model_from_config(config_path: str) -> torch.nn.Module:
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(config_path)
+    video = cfg.model.get('type') == 'Recognizer3D'
+    scope = cfg.get('default_scope') or ('mmaction' if video else 'mmpretrain')
+    init_default_scope(scope)
+    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
+    model = registry.build(cfg.model)
+    model.eval()
+    return model
+
+
+def convert(args: argparse.Namespace) -> str:
+    total = 4
+    if osp.abspath(args.src) == osp.abspath(args.dst):
+        raise SystemExit('error: DST is SRC; write the converted file elsewhere')
+    if osp.exists(args.dst) and not args.overwrite:
+        raise SystemExit(f'error: {args.dst} exists; pass --overwrite to replace it')
+
+    start = time.time()
+    step(1, total, f'reading {args.src} (weights only'
+         f'{", TRUSTED: full unpickling" if args.trust_checkpoint else ""})')
+    obj = load_checkpoint_file(args.src, trusted=args.trust_checkpoint)
+    loaded = canonical_from_object(obj, args.src, args.src_format)
+    arch = infer_arch(loaded.state)
+    uses_cls, why = decide_cls_token(arch, loaded.fmt, loaded.info.get('cfg'))
+    arch_name = arch_name_for(arch, uses_cls)
+    config = config_for(arch_name, arch.num_classes)
+    print(f'      format: {loaded.fmt} ({FORMATS[loaded.fmt]})')
+    print(f'      {len(loaded.state)} tensors; embed_dim={arch.embed_dim} depth={arch.depth} '
+          f'heads={arch.num_heads} stage_starts={arch.stage_starts} '
+          f'dim_mul_in_att={arch.dim_mul_in_att} video={arch.video} '
+          f'input={arch.input_size} classes={arch.num_classes}')
+    print(f'      cls token: {"used" if uses_cls else "not used"} ({why})')
+    print(f'      arch: {arch_name or "custom (arch dict)"}; matching config: '
+          f'{config or "none shipped; build the model with arch=" + str(arch.arch_fields(uses_cls))}')
+
+    if args.config:
+        step(2, total, f'fitting the weights to the model of {args.config}')
+        model = build_model_from_config(args.config)
+        backbone, backbone_prefix, head_prefix = model_parts(model)
+        state = OrderedDict(loaded.state)
+        if not uses_cls and not backbone.with_cls_token:
+            state.pop('cls_token', None)
+        loaded.state = state
+        fitted, report, _ = fit_loaded(loaded, canonical_model_state(model), inflate=None,
+                                       allow_new=None, target_name=args.config)
+        new_keys = report.keys_with('newly initialised')
+        if new_keys:
+            raise ArchitectureMismatchError(
+                f'{args.src} does not fill the model of {args.config}: {len(new_keys)} keys '
+                f'would stay at their initial values, first: {new_keys[:5]} (another class '
+                'count?)')
+        for line in report.lines(skip_copied=True):
+            print(f'      {line}')
+        out = model_keys_from_canonical(fitted, backbone_prefix, head_prefix)
+        model.load_state_dict(out, strict=True)
+        print(f'      strict load into {args.config}: ok ({report.summary()})')
+    else:
+        step(2, total, 'renaming to the plugin layout')
+        state = OrderedDict(loaded.state)
+        if not uses_cls and state.pop('cls_token', None) is not None:
+            print('      dropped: cls_token (unused by the model the file came from)')
+        out = from_canonical(state, 'mmvit')
+    out.update(loaded.others)
+
+    step(3, total, f'copying {len(out)} tensors')
+    progress = ProgressBar(len(out)) if sys.stdout.isatty() else None
+    result = OrderedDict()
+    for key, value in out.items():
+        result[key] = value.detach().to('cpu').contiguous().clone()
+        if progress is not None:
+            progress.update()
+    if progress is not None:
+        print()
+
+    step(4, total, f'writing {args.dst}')
+    meta = dict(converted_from=loaded.fmt, source=osp.basename(args.src),
+                arch=arch_name or 'custom', config=args.config or config or '',
+                mmvit_checkpoint_version=1)
+    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
+    partial = args.dst + '.partial'
+    torch.save({'meta': meta, 'state_dict': result}, partial)
+    os.replace(partial, args.dst)  # never leave a half-written DST
+    size_mb = osp.getsize(args.dst) / 2**20
+    print(f'done in {time.time() - start:.1f} s: {args.dst} ({size_mb:.1f} MiB, '
+          f'{len(result)} tensors). Use it as load_from / tools/test.py CHECKPOINT, or as '
+          f"backbone init_cfg=dict(type='Pretrained', checkpoint='{args.dst}').")
+    return args.dst
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        convert(args)
+    except (CheckpointReadError, UnsafeCheckpointError, UnknownCheckpointFormatError,
+            ArchitectureMismatchError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
