@@ -15,7 +15,9 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 from ..registry import register_model
-from .rel_pos import Size, decomposed_rel_pos_bias, rel_pos_table_length
+from . import onednn_ops
+from .rel_pos import (Size, decomposed_rel_pos_bias, key_coordinate_indicator,
+                      rel_pos_query_terms, rel_pos_table_length)
 
 NUM_STAGES = 4
 LN_EPS = 1e-6
@@ -209,15 +211,40 @@ def _split_cls(x: torch.Tensor, with_cls_token: bool, dim: int):
     return None, x
 
 
+ATTN_IMPLS = ('auto', 'onednn', 'sdpa', 'math', 'plain')
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False,
+            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return onednn_ops.linear(x, layer.weight, layer.bias, gelu=gelu, residual=residual)
+
+
 class PoolingAttention(nn.Module):
-    """Multi-head pooling attention with decomposed relative positions and residual pooling."""
+    """Multi-head pooling attention with decomposed relative positions and residual pooling.
+
+    ``attn_impl`` picks how the attention is computed; all give the same result:
+
+    - 'onednn': per (batch, head) attention with oneDNN matrix products on the CPU (fp32); the
+      probabilities are recomputed in the backward, so no attention matrix is stored
+      (``onednn_ops.attention``; falls back to 'math' where oneDNN does not apply).
+    - 'sdpa': fused ``F.scaled_dot_product_attention`` (no attention matrix is stored).
+    - 'math': explicit attention matrix (bmm, softmax, bmm).
+    - 'auto': 'onednn' where it applies (CPU, fp32, no autocast), else 'sdpa' while training
+      or on a GPU and 'math' for CPU inference (see ``_kernel``).
+    - 'plain': the formula written out with a materialised bias tensor and standard layers;
+      slow, kept as the reference the others are tested against.
+
+    The fast paths never build the (Nq, Nk) bias: the per-axis terms ``q . R`` are appended to
+    the queries and a one-hot of each key's coordinates to the keys, so the one q.k product
+    already contains the relative-position bias (``rel_pos.rel_pos_query_terms``).
+    """
 
     def __init__(self, dim: int, att_dim: int, spec: BlockSpec, arch: MViTv2Arch,
                  qkv_bias: bool = True, residual_pooling: bool = True,
                  attn_impl: str = 'auto') -> None:
         super().__init__()
-        if attn_impl not in ('auto', 'sdpa', 'math'):
-            raise ValueError(f"attn_impl must be 'auto', 'sdpa' or 'math', got {attn_impl!r}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}')
         self.num_heads = spec.num_heads
         self.head_dim = att_dim // spec.num_heads
         self.att_dim = att_dim
@@ -246,11 +273,90 @@ class PoolingAttention(nn.Module):
         tables = [self.rel_pos_h, self.rel_pos_w]
         return [self.rel_pos_t] + tables if hasattr(self, 'rel_pos_t') else tables
 
+    def _kernel(self, q: torch.Tensor) -> str:
+        if self.attn_impl != 'auto':
+            return self.attn_impl
+        if onednn_ops.usable(q):
+            return 'onednn'
+        return 'sdpa' if torch.is_grad_enabled() or q.device.type != 'cpu' else 'math'
+
+    # Fast paths -------------------------------------------------------------------------------
+
+    def _pool_fast(self, x: torch.Tensor, pool: nn.Module, norm: nn.Module, size: Size
+                   ) -> Tuple[Optional[torch.Tensor], torch.Tensor, Size]:
+        """(B, heads, [1 +] N, C) -> normed cls (B*heads, 1, C) or None, normed pooled patches
+        (B*heads, N', C) and the pooled grid."""
+        cls_tok, x = _split_cls(x, self.with_cls_token, dim=2)
+        B, heads, N, C = x.shape
+        # A dense (B*heads, N, C) is a channels-last (B*heads, C, *size) tensor: the depthwise
+        # conv runs on it without a layout change and returns channels-last too.
+        grid = x.reshape(B * heads, N, C).contiguous()
+        pooled = pool(grid.view(B * heads, *size, C).movedim(-1, 1))
+        pooled_size = tuple(pooled.shape[2:])
+        patches = norm(pooled.flatten(2).transpose(1, 2))
+        if cls_tok is not None:
+            cls_tok = norm(cls_tok.reshape(B * heads, 1, C))
+        return cls_tok, patches, pooled_size
+
+    def _forward_fast(self, x: torch.Tensor, size: Size,
+                      residual: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Size]:
+        B, N, _ = x.shape
+        heads, C = self.num_heads, self.head_dim
+        qkv = _linear(self.qkv, x).reshape(B, N, 3, heads, C).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q_cls, q, q_size = self._pool_fast(q, self.pool_q, self.norm_q, size)
+        k_cls, k, k_size = self._pool_fast(k, self.pool_k, self.norm_k, size)
+        v_cls, v, _ = self._pool_fast(v, self.pool_v, self.norm_v, size)
+        if self.with_cls_token:
+            k = torch.cat((k_cls, k), dim=1)
+            v = torch.cat((v_cls, v), dim=1)
+        BH, num_q, _ = q.shape
+
+        # Queries extended by their relative-position terms, keys by their coordinates.
+        terms = rel_pos_query_terms(q, q_size, k_size, self.rel_pos_tables())
+        q_ext = torch.cat([(q * self.scale).view(terms[0].shape[:2] + (C,))] + terms, dim=-1)
+        q_ext = q_ext.view(BH, num_q, -1)
+        indicator = key_coordinate_indicator(k_size, int(self.with_cls_token), q.device,
+                                             k.dtype)
+        extra = indicator.shape[1]
+        k_ext = torch.cat((k, indicator.expand(BH, -1, -1)), dim=-1)
+        q_res = q if self.residual_pooling else None
+
+        kernel = self._kernel(q)
+        if kernel == 'sdpa':
+            def heads_first(t: torch.Tensor) -> torch.Tensor:
+                return t.view(B, heads, t.shape[1], C + extra)
+            # Fused attention wants equal q/k/v widths: v gets zero columns, dropped after.
+            out = F.scaled_dot_product_attention(
+                heads_first(q_ext), heads_first(k_ext), heads_first(F.pad(v, (0, extra))),
+                scale=1.0)[..., :C]
+            # The fused kernel returns (B, heads, Nq, C) laid out as (B, Nq, heads, C); adding
+            # the residual with ``out`` first keeps that layout, so the merge below is free.
+            out = out.transpose(1, 2)
+            if q_res is not None:
+                out = out + q_res.view(B, heads, num_q, C).transpose(1, 2)
+        elif kernel == 'onednn':
+            out = onednn_ops.attention(q_ext, k_ext, v, q_res)
+            out = out.view(B, heads, num_q, C).transpose(1, 2)
+        else:
+            attn = torch.bmm(q_ext, k_ext.transpose(1, 2)).softmax(dim=-1)
+            out = torch.bmm(attn, v) if q_res is None else torch.baddbmm(q_res, attn, v)
+            out = out.view(B, heads, num_q, C).transpose(1, 2)
+        out = out.reshape(B, num_q, self.att_dim)
+
+        if self.with_cls_token:  # one query, no relative position and no residual
+            q_cls = F.pad(q_cls * self.scale, (0, extra))
+            attn = torch.bmm(q_cls, k_ext.transpose(1, 2)).softmax(dim=-1)
+            cls_out = torch.bmm(attn, v).view(B, heads * C).unsqueeze(1)
+            out = torch.cat((cls_out, out), dim=1)
+        return _linear(self.proj, out, residual=residual), q_size
+
+    # Reference path ----------------------------------------------------------------------------
+
     def _pool(self, x: torch.Tensor, pool: nn.Module, norm: nn.Module,
               size: Size) -> Tuple[torch.Tensor, Size]:
         cls_tok, x = _split_cls(x, self.with_cls_token, dim=2)
         B, heads, _, C = x.shape
-        # (B, heads, N, C) -> (B*heads, C, *size): a channels-last view, no copy.
         x = pool(x.reshape(B * heads, *size, C).movedim(-1, 1))
         pooled_size = tuple(x.shape[2:])
         x = x.flatten(2).transpose(1, 2).reshape(B, heads, -1, C)
@@ -258,12 +364,7 @@ class PoolingAttention(nn.Module):
             x = torch.cat((cls_tok, x), dim=2)
         return norm(x), pooled_size
 
-    def _use_sdpa(self) -> bool:
-        if self.attn_impl == 'auto':
-            return torch.is_grad_enabled()
-        return self.attn_impl == 'sdpa'
-
-    def forward(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
+    def _forward_plain(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -275,16 +376,20 @@ class PoolingAttention(nn.Module):
         bias = decomposed_rel_pos_bias(q_patch, q_size, k_size, self.rel_pos_tables())
         if self.with_cls_token:  # the cls row and column get no relative position
             bias = F.pad(bias, (1, 0, 1, 0))
-
-        if self._use_sdpa():
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        else:
-            attn = torch.matmul(q * self.scale, k.transpose(-2, -1)).add_(bias)
-            out = torch.matmul(attn.softmax(dim=-1), v)
+        attn = torch.matmul(q * self.scale, k.transpose(-2, -1)) + bias
+        out = torch.matmul(attn.softmax(dim=-1), v)
         if self.residual_pooling:
             out = out + (F.pad(q_patch, (0, 0, 1, 0)) if self.with_cls_token else q)
         out = out.transpose(1, 2).reshape(B, -1, self.att_dim)
         return self.proj(out), q_size
+
+    def forward(self, x: torch.Tensor, size: Size,
+                residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Size]:
+        """Attention of the (B, [1 +] N, dim) tokens on the grid ``size``, plus ``residual``."""
+        if self.attn_impl == 'plain':
+            out, q_size = self._forward_plain(x, size)
+            return out if residual is None else out + residual, q_size
+        return self._forward_fast(x, size, residual)
 
 
 class Mlp(nn.Module):
@@ -295,8 +400,13 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                plain: bool = False) -> torch.Tensor:
+        """fc2(GELU(fc1(x))) + residual; ``plain`` uses the standard layers only."""
+        if plain:
+            out = self.fc2(self.act(self.fc1(x)))
+            return out if residual is None else out + residual
+        return _linear(self.fc2, _linear(self.fc1, x, gelu=True), residual=residual)
 
 
 class MViTv2Block(nn.Module):
@@ -334,16 +444,25 @@ class MViTv2Block(nn.Module):
         return x if cls_tok is None else torch.cat((cls_tok, x), dim=1)
 
     def forward(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
+        plain = self.attn.attn_impl == 'plain'
+        # Without drop path the residual adds are fused into the projections that precede them.
+        fuse = not plain and (isinstance(self.drop_path, nn.Identity) or not self.training)
+        proj = (lambda t: self.proj(t)) if plain else (lambda t: _linear(self.proj, t))
         x_norm = self.norm1(x)
-        attn_out, out_size = self.attn(x_norm, size)
         if self.proj is not None and self.dim_mul_in_att:
-            x = self.proj(x_norm)
-        x = self._pooled_shortcut(x, size) + self.drop_path(attn_out)
+            x = proj(x_norm)
+        shortcut = self._pooled_shortcut(x, size)
+        if fuse:
+            x, out_size = self.attn(x_norm, size, residual=shortcut)
+        else:
+            attn_out, out_size = self.attn(x_norm, size)
+            x = shortcut + self.drop_path(attn_out)
         x_norm = self.norm2(x)
-        mlp_out = self.mlp(x_norm)
         if self.proj is not None and not self.dim_mul_in_att:
-            x = self.proj(x_norm)
-        return x + self.drop_path(mlp_out), out_size
+            x = proj(x_norm)
+        if fuse:
+            return self.mlp(x_norm, residual=x), out_size
+        return x + self.drop_path(self.mlp(x_norm, plain=plain)), out_size
 
 
 class PatchEmbed(nn.Module):
@@ -379,8 +498,9 @@ class MViTv2(BaseModule):
             arch's published rate.
         frozen_stages: freeze the patch embedding (0) and the first ``frozen_stages`` stages.
         with_cp: activation checkpointing of every block while training.
-        attn_impl: 'auto', 'sdpa' (fused attention with the relative positions as mask) or
-            'math' (explicit attention matrix).
+        attn_impl: 'auto' (the faster of 'sdpa' and 'math' for each block and mode), 'sdpa'
+            (fused attention), 'math' (explicit attention matrix) or 'plain' (the slow
+            reference with a materialised bias); see ``PoolingAttention``.
         residual_pooling, qkv_bias: MViTv2 switches (on in every published model).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=...)`` accepts
             every format ``mmvit_plugin.checkpoint`` reads.

@@ -4,8 +4,9 @@ A table of length ``2 * max(q, k) - 1`` holds one embedding per offset between a
 (on a grid of ``q`` cells) and a key position (``k`` cells). When queries and keys are pooled by
 different strides, both are mapped onto the finer grid before taking the offset.
 """
+import functools
 import math
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,17 @@ def resize_rel_pos_table(table: torch.Tensor, length: int) -> torch.Tensor:
     return resized.squeeze(0).t()
 
 
+@functools.lru_cache(maxsize=256)
 def rel_pos_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
-    """(q_size, k_size) indices into a table of length ``rel_pos_table_length(q, k)``."""
+    """(q_size, k_size) indices into a table of length ``rel_pos_table_length(q, k)``.
+
+    Cached: every block with the same grids reuses one index tensor (never written to).
+    """
+    with torch.inference_mode(False):  # cached: must stay usable outside inference mode
+        return _rel_pos_index(q_size, k_size, device)
+
+
+def _rel_pos_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
     q_scale = max(k_size / q_size, 1.0)
     k_scale = max(q_size / k_size, 1.0)
     # float32 on purpose: the official index rounds exactly like this for non-integer ratios.
@@ -39,7 +49,8 @@ def rel_pos_index(q_size: int, k_size: int, device: torch.device) -> torch.Tenso
 def gather_rel_pos(table: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
     """The (q_size, k_size, C) embeddings for every query/key pair along one axis."""
     table = resize_rel_pos_table(table, rel_pos_table_length(q_size, k_size))
-    return table[rel_pos_index(q_size, k_size, table.device)]
+    index = rel_pos_index(q_size, k_size, table.device)
+    return F.embedding(index, table)  # table[index], with a cheaper backward
 
 
 def decomposed_rel_pos_bias(q: torch.Tensor, q_size: Size, k_size: Size,
@@ -70,3 +81,67 @@ def decomposed_rel_pos_bias(q: torch.Tensor, q_size: Size, k_size: Size,
         term = term.reshape(shape)
         bias = term if bias is None else bias + term
     return bias.reshape(B, heads, math.prod(q_size), math.prod(k_size))
+
+
+def rel_pos_query_terms(q: torch.Tensor, q_size: Size, k_size: Size,
+                        tables: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Per axis a, the logits ``q_i . R_a[a_i, m]`` for every key coordinate m on that axis.
+
+    These are the decomposed bias before broadcasting: E[i, j] = sum_a term_a[i, a_j].
+
+    Args:
+        q: (BH, Nq, C) unscaled queries of the patch tokens, Nq = prod(q_size).
+        q_size, k_size: query and key grids, (H, W) or (T, H, W).
+        tables: one table per axis, in the same order as the sizes.
+
+    Returns:
+        one (M, q_size[-1], k_size[a]) tensor per axis, M = BH * prod(q_size[:-1]); their rows
+        follow the query order of ``q``.
+    """
+    BH, _, C = q.shape
+    last = q_size[-1]
+    terms = []
+    for axis, table in enumerate(tables):
+        pos = gather_rel_pos(table, q_size[axis], k_size[axis]).to(q.dtype)  # (qa, ka, C)
+        before = BH * math.prod(q_size[:axis])
+        after = math.prod(q_size[axis + 1:])
+        if after == 1:
+            # Last axis: one GEMM per coordinate on a strided view of q (no copy).
+            rows = q.reshape(before, q_size[axis], C).transpose(0, 1)
+            term = torch.bmm(rows, pos.transpose(1, 2)).transpose(0, 1)
+        else:
+            grid = q.reshape(before, q_size[axis], after, C)
+            term = torch.matmul(grid, pos.transpose(1, 2))  # (before, qa, after, ka)
+        terms.append(term.reshape(-1, last, k_size[axis]))
+    return terms
+
+
+@functools.lru_cache(maxsize=256)
+def _key_coordinate_indicator(k_size: Size, leading_zero_rows: int,
+                              device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):  # cached: must stay usable outside inference mode
+        return _build_key_coordinate_indicator(k_size, leading_zero_rows, device)
+
+
+def _build_key_coordinate_indicator(k_size: Size, leading_zero_rows: int,
+                                    device: torch.device) -> torch.Tensor:
+    ndim = len(k_size)
+    blocks = []
+    for axis, side in enumerate(k_size):
+        shape = [1] * ndim
+        shape[axis] = side
+        coord = torch.arange(side, device=device).view(shape).expand(k_size).reshape(-1)
+        blocks.append(F.one_hot(coord, side))
+    indicator = torch.cat(blocks, dim=1).float()
+    return F.pad(indicator, (0, 0, leading_zero_rows, 0))
+
+
+def key_coordinate_indicator(k_size: Size, leading_zero_rows: int, device: torch.device,
+                             dtype: torch.dtype) -> torch.Tensor:
+    """(rows + Nk, sum(k_size)) one-hot of each key's coordinate on every axis.
+
+    With queries extended by ``rel_pos_query_terms`` and keys by this indicator, one matrix
+    product gives q . k plus the decomposed relative-position bias. Leading zero rows stand for
+    keys that get no bias (the cls token).
+    """
+    return _key_coordinate_indicator(tuple(k_size), leading_zero_rows, device).to(dtype)
