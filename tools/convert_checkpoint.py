@@ -60,6 +60,10 @@ def build_model_from_config(config_path: str) -> torch.nn.Module:
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     cfg = Config.fromfile(config_path)
+    # Batch mixing (Mixup/CutMix) holds no weights; leaving it out keeps the build light.
+    cfg.model.pop('train_cfg', None)
+    if isinstance(cfg.model.get('data_preprocessor'), dict):
+        cfg.model.data_preprocessor.pop('blending', None)
     video = cfg.model.get('type') == 'Recognizer3D'
     scope = cfg.get('default_scope') or ('mmaction' if video else 'mmpretrain')
     init_default_scope(scope)
