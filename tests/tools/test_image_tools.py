@@ -77,8 +77,13 @@ model = dict(backbone=dict(arch=dict(embed_dim=8, depth=4, num_heads=1, stage_st
                                      img_size=(32, 32), drop_path_rate=0.1)),
              head=dict(in_channels=64, num_classes=2, topk=(1,)))
 data_preprocessor = dict(num_classes=2)
+# Random flips and drop path make the resume check depend on the random generators.
 train_dataloader = dict(batch_size=4, num_workers=0,
-                        dataset=dict(data_root={data!r}))
+                        dataset=dict(data_root={data!r}, pipeline=[
+                            dict(type='LoadImageChecked'),
+                            dict(type='RandomCrop', crop_size=32, padding=2),
+                            dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+                            dict(type='PackInputs')]))
 val_dataloader = dict(batch_size=8, num_workers=0, dataset=dict(data_root={data!r}))
 test_dataloader = dict(batch_size=8, num_workers=0, dataset=dict(data_root={data!r}))
 val_evaluator = dict(type='Accuracy', topk=(1,))

@@ -1,0 +1,144 @@
+"""mmvit_plugin.engine.launch: CPU distributed glue, config fixes, bf16 autocast, seeding,
+layer-wise lr decay."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as torch_dist
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+
+import mmvit_plugin  # noqa: F401
+from mmvit_plugin.engine import launch
+
+TINY_ARCH = dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3), img_size=(32, 32))
+
+
+def test_slurm_env_is_translated_for_torch():
+    env = launch.slurm_to_torch_env(
+        dict(SLURM_PROCID='5', SLURM_NTASKS='8', SLURM_LOCALID='1'), master_addr='node7')
+    assert env == dict(RANK='5', WORLD_SIZE='8', LOCAL_RANK='1', MASTER_ADDR='node7',
+                       MASTER_PORT='29500')
+    with pytest.raises(RuntimeError, match='SLURM_NTASKS'):
+        launch.slurm_to_torch_env(dict(SLURM_PROCID='0'), master_addr='node7')
+
+
+def test_dataloader_defaults_respect_worker_count_and_user_values():
+    cfg = Config(dict(
+        train_dataloader=dict(num_workers=0, persistent_workers=True),
+        val_dataloader=dict(num_workers=2),
+        test_dataloader=dict(num_workers=2, persistent_workers=False)))
+    launch.apply_dataloader_defaults(cfg)
+    assert cfg.train_dataloader.persistent_workers is False  # torch rejects it with 0 workers
+    assert cfg.val_dataloader.persistent_workers is True
+    assert cfg.test_dataloader.persistent_workers is False  # the user's choice is kept
+    assert cfg.val_dataloader.pin_memory is torch.cuda.is_available()
+    assert cfg.val_dataloader.collate_fn == dict(type='default_collate')
+
+
+def test_resume_and_auto_scale_lr_switches():
+    cfg = Config(dict(auto_scale_lr=dict(base_batch_size=256)))
+    launch.apply_resume(cfg, 'auto')
+    assert cfg.resume is True and cfg.load_from is None
+    launch.apply_resume(cfg, 'work/epoch_3.pth')
+    assert cfg.load_from == 'work/epoch_3.pth'
+    launch.apply_auto_scale_lr(cfg)
+    assert cfg.auto_scale_lr.enable is True
+    with pytest.raises(ValueError, match='base_batch_size'):
+        launch.apply_auto_scale_lr(Config(dict()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU path')
+def test_amp_on_cpu_trains_under_bfloat16_autocast():
+    cfg = Config(dict(optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1))))
+    assert 'bfloat16' in launch.apply_amp(cfg)
+    model = torch.nn.Linear(4, 2)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert type(wrapper).__name__ == 'CPUAutocastOptimWrapper'
+    before = model.weight.detach().clone()
+    with wrapper.optim_context(model):
+        out = model(torch.randn(3, 4))
+    assert out.dtype == torch.bfloat16
+    wrapper.update_params(out.float().pow(2).mean())
+    assert model.weight.dtype == torch.float32 and not torch.equal(before, model.weight)
+    with pytest.raises(ValueError, match='only OptimWrapper'):
+        launch.apply_amp(Config(dict(optim_wrapper=dict(type='MyWrapper'))))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU path')
+def test_prepare_distributed_without_gpu_uses_gloo_and_no_device_ids(monkeypatch):
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', '29517')
+    cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend='nccl')),
+                      model_wrapper_cfg=dict(find_unused_parameters=True)))
+    try:
+        launch.prepare_distributed(cfg, 'pytorch')
+        assert torch_dist.is_initialized() and torch_dist.get_backend() == 'gloo'
+        assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+        assert cfg.model_wrapper_cfg.device_ids is None
+        assert cfg.model_wrapper_cfg.find_unused_parameters is True
+        assert cfg.launcher == 'pytorch'
+    finally:
+        launch.shutdown_distributed()
+    assert not torch_dist.is_initialized()
+    with pytest.raises(ValueError, match="launcher 'mpi' is not supported"):
+        launch.init_cpu_process_group('mpi')
+
+
+def test_epoch_seed_depends_on_seed_epoch_and_rank_only():
+    seeds = {launch.epoch_seed(s, e, r) for s in (0, 1) for e in (0, 1, 2) for r in (0, 1)}
+    assert len(seeds) == 12
+    assert launch.epoch_seed(3, 4, 1) == launch.epoch_seed(3, 4, 1)
+
+
+def test_epoch_seed_hook_makes_every_generator_repeat():
+
+    class FakeRunner:
+        seed, epoch = 7, 3
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    hook = launch.EpochSeedHook()
+    hook.before_train_epoch(FakeRunner())
+    first = draw()
+    draw()  # the state moves on...
+    hook.before_train_epoch(FakeRunner())
+    assert draw() == first  # ...and the next epoch start of a resumed run is identical
+    FakeRunner.epoch = 4
+    hook.before_train_epoch(FakeRunner())
+    assert draw() != first
+
+
+def test_mvit_layer_depth_follows_official_numbering():
+    depth = 4
+    assert launch.mvit_layer_depth('backbone.patch_embed.proj.weight', depth) == (0, 6)
+    assert launch.mvit_layer_depth('backbone.cls_token', depth) == (0, 6)
+    assert launch.mvit_layer_depth('backbone.blocks.0.attn.qkv.weight', depth) == (1, 6)
+    assert launch.mvit_layer_depth('backbone.blocks.3.mlp.fc2.bias', depth) == (4, 6)
+    assert launch.mvit_layer_depth('backbone.norm.weight', depth) == (5, 6)
+    assert launch.mvit_layer_depth('head.fc.weight', depth) == (5, 6)
+
+
+def test_layer_decay_constructor_scales_lr_and_skips_decay_of_1d_params():
+    from mmpretrain.registry import MODELS
+    model = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='MViTv2', arch=TINY_ARCH, out_type='avg_featmap'),
+        head=dict(type='LinearClsHead', num_classes=3, in_channels=64)))
+    wrapper = build_optim_wrapper(model, dict(
+        constructor='MViTv2LayerDecayOptimWrapperConstructor',
+        optimizer=dict(type='AdamW', lr=1.0, weight_decay=0.05),
+        paramwise_cfg=dict(layer_decay_rate=0.5, flat_decay_mult=0.0, bias_decay_mult=0.0)))
+    by_name = {g['param_name']: g for g in wrapper.optimizer.param_groups}
+    assert len(by_name) == len(list(model.parameters()))
+    assert by_name['backbone.patch_embed.proj.weight']['lr'] == pytest.approx(0.5 ** 5)
+    assert by_name['backbone.blocks.0.attn.qkv.weight']['lr'] == pytest.approx(0.5 ** 4)
+    assert by_name['backbone.blocks.3.attn.qkv.weight']['lr'] == pytest.approx(0.5 ** 1)
+    assert by_name['head.fc.weight']['lr'] == pytest.approx(1.0)
+    assert by_name['head.fc.weight']['weight_decay'] == pytest.approx(0.05)
+    assert by_name['backbone.blocks.0.norm1.weight']['weight_decay'] == 0.0
+    assert by_name['backbone.blocks.0.attn.qkv.bias']['weight_decay'] == 0.0
