@@ -207,7 +207,9 @@ def main() -> None:
                         'methods on clips of moving items (zero-shot and after fine-tuning), '
                         'over this many seeds (about a minute per seed on 2 cores)')
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    # One thread: on a shared 2-core machine, OpenMP threads waiting on each other cost more
+    # than they give for models this small.
+    torch.set_num_threads(1)
     for seed in range(args.trained):
         row = trained_evidence(seed)
         print(', '.join(f'{k}: {v:.3f}' if isinstance(v, float) else f'{k}: {v}'

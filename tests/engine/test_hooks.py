@@ -2,7 +2,9 @@
 resumed or load_from weights), CheckpointFormatHook (load_from in any format), safe refusal
 of a crafted file by load_from and resume, and resume of the runner's own checkpoints under
 torch's weights_only default."""
+import itertools
 import pickle
+import uuid
 
 import pytest
 import torch
@@ -18,6 +20,17 @@ TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))
 IMAGE_ARCH = dict(TINY, img_size=(32, 32))
 VIDEO_ARCH = dict(TINY, img_size=(4, 32, 32), video=True, with_cls_token=True)
 CLASSES = 3
+RUNNER_IDS = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: the models here are tiny, and on a shared 2-core machine OpenMP
+    threads waiting for each other made every op ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class ClipDataset(Dataset):
@@ -71,7 +84,9 @@ def make_runner(tmp_path, video: bool, hooks=(), epochs: int = 1, **kwargs) -> R
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1),
                            logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=list(hooks), log_level='WARNING', randomness=dict(seed=0),
-        **kwargs)
+        # a unique name: runners made within one second otherwise share mmengine's
+        # DefaultScope instance, and with it the other host's registry
+        experiment_name=f'hooks_{next(RUNNER_IDS)}_{uuid.uuid4().hex[:8]}', **kwargs)
 
 
 def image_checkpoint(path, fmt='official', classes=CLASSES, seed=0) -> dict:
@@ -223,6 +238,7 @@ default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
                      logger=dict(type='LoggerHook', interval=1))
 custom_hooks = [dict(type='CheckpointFormatHook')]
 randomness = dict(seed=0)
+experiment_name = {name!r}  # not the timestamp: see make_runner
 '''
 
 
@@ -241,7 +257,7 @@ def test_train_tool_resume_works_with_weights_only_loading(tmp_path, monkeypatch
             pixels = np.random.RandomState(i).randint(0, 255, (32, 32, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / label / f'{i}.png')
     config = tmp_path / 'tiny_config.py'
-    config.write_text(TRAIN_CONFIG.format(root=str(root)))
+    config.write_text(TRAIN_CONFIG.format(root=str(root), name=f'train_tool_{uuid.uuid4().hex}'))
     work_dir = tmp_path / 'work'
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     train_tool = os.path.join(repo, 'tools', 'train.py')
