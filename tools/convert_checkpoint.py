@@ -95,8 +95,9 @@ def convert(args: argparse.Namespace) -> str:
           f'dim_mul_in_att={arch.dim_mul_in_att} video={arch.video} '
           f'input={arch.input_size} classes={arch.num_classes}')
     print(f'      cls token: {"used" if uses_cls else "not used"} ({why})')
+    fallback = f'none shipped; build the model with arch={arch.arch_fields(uses_cls)}'
     print(f'      arch: {arch_name or "custom (arch dict)"}; matching config: '
-          f'{config or "none shipped; build the model with arch=" + str(arch.arch_fields(uses_cls))}')
+          f'{config or fallback}')
 
     if args.config:
         step(2, total, f'fitting the weights to the model of {args.config}')

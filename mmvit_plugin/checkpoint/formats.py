@@ -293,4 +293,3 @@ def head_of(state: Mapping[str, torch.Tensor]) -> StateDict:
 
 def without_head(state: Mapping[str, torch.Tensor]) -> StateDict:
     return OrderedDict((k, v) for k, v in state.items() if not k.startswith(HEAD_PREFIX))
-

@@ -62,10 +62,8 @@ def measure(image_arch, video_arch, size: int, frames: int, seed: int = 0) -> di
     return results
 
 
-
-
-
 # Trained evidence: Fashion-MNIST image model -> clips of the same items -------------------------
+
 
 def load_fashion_mnist(split: str, limit: int):
     import gzip
@@ -193,8 +191,8 @@ def trained_evidence(seed: int, frames: int = 8, image_steps: int = 200, video_s
 
             fit(model, clip_batch, video_steps, 1e-3)
             target_test = test_labels if task == 'item' else direction_test
-            row[f'{method}/{task} after {video_steps} steps'] = accuracy(model, moving_test,
-                                                                        target_test)
+            row[f'{method}/{task} after {video_steps} steps'] = accuracy(
+                model, moving_test, target_test)
     return row
 
 
@@ -202,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--size', default='small', choices=['small', 'tiny-dict'],
                         help="'small': image S -> video S 16x4 at 224 (slow on a CPU)")
+    parser.add_argument('--first-seed', type=int, default=0)
     parser.add_argument('--trained', type=int, default=0, metavar='SEEDS',
                         help='also train a small image model on Fashion-MNIST and compare the '
                         'methods on clips of moving items (zero-shot and after fine-tuning), '
@@ -210,7 +209,7 @@ def main() -> None:
     # One thread: on a shared 2-core machine, OpenMP threads waiting on each other cost more
     # than they give for models this small.
     torch.set_num_threads(1)
-    for seed in range(args.trained):
+    for seed in range(args.first_seed, args.first_seed + args.trained):
         row = trained_evidence(seed)
         print(', '.join(f'{k}: {v:.3f}' if isinstance(v, float) else f'{k}: {v}'
                         for k, v in row.items()), flush=True)
