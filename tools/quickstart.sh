@@ -41,6 +41,6 @@ echo "================================================================"
 echo " Fashion-MNIST, MViTv2 quickstart"
 echo "   ${top1} ${test_count:+(${test_count#on })}"
 echo "   training time: ${train_seconds} s ($(awk "BEGIN {printf \"%.1f\", $train_seconds / 60}") min)," \
-     "$(nproc) cores, load average ${load_after}"
+     "$(getconf _NPROCESSORS_ONLN) cores, load average ${load_after}"
 echo "   checkpoint: $checkpoint"
 echo "================================================================"

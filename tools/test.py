@@ -108,6 +108,7 @@ def main() -> None:
         cfg.test_cfg = cfg.get('test_cfg') or {}
         cfg.test_cfg.fp16 = True
     launch.prepare_distributed(cfg, args.launcher)
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='TestProgressHook')]
 
     dump_path = None
     if args.out:

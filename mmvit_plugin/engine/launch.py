@@ -32,6 +32,7 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner.amp import autocast
+from mmengine.utils import ProgressBar
 from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructor
 from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
@@ -223,6 +224,39 @@ class EpochSeedHook(Hook):
     def before_train_epoch(self, runner) -> None:
         base_seed = runner.seed if runner.seed is not None else 0
         seed_everything(epoch_seed(base_seed, runner.epoch, get_rank()))
+
+
+@register_hook
+class TestProgressHook(Hook):
+    """A progress bar over the test set (rank 0), redrawn about ``redraws`` times."""
+    priority = 'VERY_HIGH'  # finish the bar before the logger prints the metrics
+
+    def __init__(self, redraws: int = 50) -> None:
+        self.redraws = redraws
+        self._bar: Optional[ProgressBar] = None
+        self._pending = 0
+
+    def before_test_epoch(self, runner) -> None:
+        if get_rank() == 0:
+            num_batches = len(runner.test_dataloader)
+            self._bar = ProgressBar(num_batches)
+            self._every = max(1, num_batches // self.redraws)
+            self._pending = 0
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._bar is None:
+            return
+        self._pending += 1
+        if self._pending >= self._every:
+            self._bar.update(self._pending)
+            self._pending = 0
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        if self._bar is not None:
+            if self._pending:
+                self._bar.update(self._pending)
+            self._bar.file.write('\n')
+            self._bar = None
 
 
 # ---------------------------------------------------------------------------------------------

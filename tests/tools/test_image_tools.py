@@ -178,6 +178,7 @@ def test_train_amp_then_test_prints_top1_and_dumps_predictions(workspace, tmp_pa
                    str(work_dir / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test'),
                    '--out', str(out)], workspace)
     assert 'on 10 test samples: top-1: ' in tested.stdout
+    assert '] 2/2,' in tested.stdout  # the progress bar over the 2 test batches
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10
