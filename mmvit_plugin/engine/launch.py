@@ -30,11 +30,10 @@ from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
-from mmengine.registry import OPTIM_WRAPPERS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 from mmengine.runner.amp import autocast
 from mmengine.utils import ProgressBar
 from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructor
-from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 from ..registry import register_hook
 
@@ -281,6 +280,7 @@ def mvit_layer_depth(param_name: str, depth: int,
     return depth + 1, num_ids
 
 
+# Registered at mmengine's root, like CPUAutocastOptimWrapper, so every scope finds it.
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class MViTv2LayerDecayOptimWrapperConstructor(LearningRateDecayOptimWrapperConstructor):
     """mmpretrain's layer-wise lr decay with MViTv2's layer numbering.

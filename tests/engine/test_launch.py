@@ -1,6 +1,7 @@
 """mmvit_plugin.engine.launch: CPU distributed glue, config fixes, bf16 autocast, seeding,
 layer-wise lr decay."""
 import random
+import socket
 
 import numpy as np
 import pytest
@@ -71,7 +72,9 @@ def test_prepare_distributed_without_gpu_uses_gloo_and_no_device_ids(monkeypatch
     monkeypatch.setenv('RANK', '0')
     monkeypatch.setenv('WORLD_SIZE', '1')
     monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
-    monkeypatch.setenv('MASTER_PORT', '29517')
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        monkeypatch.setenv('MASTER_PORT', str(probe.getsockname()[1]))
     cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend='nccl')),
                       model_wrapper_cfg=dict(find_unused_parameters=True)))
     try:
