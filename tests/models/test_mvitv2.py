@@ -69,8 +69,7 @@ def test_top_level_configs_have_official_parameter_count(config, expected):
     scope = cfg.get('default_scope', 'mmpretrain')
     init_default_scope(scope)
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    with torch.device('meta'):
-        model = registry.build(cfg.model)
+    model = registry.build(cfg.model)  # on the CPU: the mixup preprocessor cannot live on meta
     assert count_parameters(model) == expected
 
 
