@@ -18,6 +18,7 @@ from mmpretrain.visualization import UniversalVisualizer
 from torch.optim import AdamW
 
 from mmvit_plugin.datasets.image_folder import ImageClassFolder, LoadImageChecked
+from mmvit_plugin.engine.hooks import CheckpointFormatHook
 from mmvit_plugin.engine.launch import EpochSeedHook
 from mmvit_plugin.models import MViTv2
 
@@ -105,7 +106,7 @@ default_hooks = dict(
     sampler_seed=dict(type=DistSamplerSeedHook),
     visualization=dict(type=VisualizationHook, enable=False),
 )
-custom_hooks = [dict(type=EpochSeedHook)]
+custom_hooks = [dict(type=EpochSeedHook), dict(type=CheckpointFormatHook)]
 env_cfg = dict(cudnn_benchmark=False,
                mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
                dist_cfg=dict(backend='nccl'))
