@@ -18,8 +18,7 @@ from mmpretrain.visualization import UniversalVisualizer
 from torch.optim import AdamW
 
 from mmvit_plugin.datasets.image_folder import ImageClassFolder, LoadImageChecked
-from mmvit_plugin.engine.hooks import CheckpointFormatHook
-from mmvit_plugin.engine.launch import EpochSeedHook
+from mmvit_plugin.engine.hooks import CheckpointFormatHook, EpochSeedHook
 from mmvit_plugin.models import MViTv2
 
 default_scope = 'mmpretrain'

@@ -1,2 +1,2 @@
-"""mmengine glue: hooks and launch helpers."""
-from . import hooks, launch  # noqa: F401
+"""mmengine glue: hooks, optimizer wrappers and launch helpers."""
+from . import hooks, launch, optim  # noqa: F401

@@ -7,11 +7,19 @@
   globals outside the weights-only allowlist, naming them.
 - ``WeightInflationHook`` initialises a video model from 2D (image) weights when training
   starts, unless the runner already resumed or loaded weights (``load_from``).
+- ``EpochSeedHook`` seeds every epoch from (seed, epoch, rank), so a resumed run replays an
+  uninterrupted one; ``TestProgressHook`` draws a progress bar over the test set.
 """
+import random
 from typing import Optional
+
+import numpy as np
+import torch
+from mmengine.dist import get_rank
 
 from mmengine.hooks import Hook
 from mmengine.runner import find_latest_checkpoint
+from mmengine.utils import ProgressBar
 
 from ..checkpoint.inflate import DEFAULT_INFLATION, INFLATION_METHODS
 from ..checkpoint.load import convert_checkpoint_for_model, inflate_into_model
@@ -101,3 +109,64 @@ class WeightInflationHook(Hook):
         inflate_into_model(runner.model, self.checkpoint, self.method, self.trusted,
                            logger=runner.logger)
         self.applied = True
+
+
+def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
+    """A 32-bit seed that depends only on (base_seed, epoch, rank)."""
+    return int(np.random.SeedSequence([base_seed, epoch, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@register_hook
+class EpochSeedHook(Hook):
+    """Seed python, numpy and torch at the start of every training epoch.
+
+    The seed depends only on the runner's seed, the epoch and the rank, so a run resumed from
+    an epoch checkpoint draws exactly the random numbers (shuffling, augmentation, drop path,
+    mixup, dataloader worker seeds) an uninterrupted run draws from that epoch on. Worker
+    processes that persist across epochs keep their own generators: for an exact replay use
+    ``persistent_workers=False`` or ``num_workers=0``.
+    """
+    priority = 'VERY_HIGH'
+
+    def before_train_epoch(self, runner) -> None:
+        base_seed = runner.seed if runner.seed is not None else 0
+        seed_everything(epoch_seed(base_seed, runner.epoch, get_rank()))
+
+
+@register_hook
+class TestProgressHook(Hook):
+    """A progress bar over the test set (rank 0), redrawn about ``redraws`` times."""
+    priority = 'VERY_HIGH'  # finish the bar before the logger prints the metrics
+
+    def __init__(self, redraws: int = 50) -> None:
+        self.redraws = redraws
+        self._bar: Optional[ProgressBar] = None
+        self._pending = 0
+
+    def before_test_epoch(self, runner) -> None:
+        if get_rank() == 0:
+            num_batches = len(runner.test_dataloader)
+            self._bar = ProgressBar(num_batches)
+            self._every = max(1, num_batches // self.redraws)
+            self._pending = 0
+
+    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._bar is None:
+            return
+        self._pending += 1
+        if self._pending >= self._every:
+            self._bar.update(self._pending)
+            self._pending = 0
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        if self._bar is not None:
+            if self._pending:
+                self._bar.update(self._pending)
+            self._bar.file.write('\n')
+            self._bar = None

@@ -1,41 +1,22 @@
-"""Glue between the command-line tools and mmengine's Runner.
-
-What mmengine/mmpretrain's stock tools get wrong on a machine without a GPU, fixed here:
+"""Glue between the command-line tools and mmengine's Runner, for machines with or without a GPU.
 
 - ``--launcher pytorch|slurm`` calls ``torch.cuda.set_device`` and wraps the model in DDP with
   ``device_ids=[LOCAL_RANK]``: without a GPU we start a gloo process group ourselves and wrap
   with ``device_ids=None`` (the Runner then skips its own ``init_dist``).
 - ``persistent_workers=True`` is forced on every dataloader, which torch rejects when
   ``num_workers=0``; ``pin_memory`` only helps with a GPU.
-- ``AmpOptimWrapper`` asserts a GPU: ``--amp`` on the CPU trains under bfloat16 autocast.
-- A resumed run re-seeds its random generators from the config seed, not from where the
-  interrupted run was, so it draws other augmentations: ``EpochSeedHook`` seeds every epoch
-  from (seed, epoch, rank), which makes resume-after-kill reproduce an uninterrupted run.
-
-Also here: layer-wise learning-rate decay for MViTv2 classifiers (used by fine-tuning configs).
+- ``AmpOptimWrapper`` asserts a GPU: ``--amp`` on the CPU switches to
+  ``CPUAutocastOptimWrapper`` (bfloat16 autocast, see ``optim``).
 """
 import datetime
 import os
-import random
 import subprocess
-from contextlib import contextmanager
-from functools import partial
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config, ConfigDict
-from mmengine.dist import get_rank
-from mmengine.hooks import Hook
-from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
-from mmengine.runner.amp import autocast
-from mmengine.utils import ProgressBar
-from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructor
-
-from ..registry import register_hook
 
 DATALOADER_FIELDS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 DEFAULT_DIST_TIMEOUT_S = 1800
@@ -171,133 +152,3 @@ def apply_amp(cfg: Config) -> str:
     optim_wrapper.type = 'CPUAutocastOptimWrapper'
     optim_wrapper.pop('loss_scale', None)
     return 'mixed precision: bfloat16 autocast on the CPU (no loss scaling needed)'
-
-
-@OPTIM_WRAPPERS.register_module()
-class CPUAutocastOptimWrapper(OptimWrapper):
-    """OptimWrapper whose forward runs under CPU bfloat16 autocast.
-
-    bfloat16 has float32's exponent range, so no loss scaling is needed; parameters and
-    optimizer state stay float32.
-    """
-
-    def __init__(self, *args, dtype: str = 'bfloat16', **kwargs) -> None:
-        if dtype != 'bfloat16':
-            raise ValueError(f'CPU autocast supports bfloat16 only, got {dtype!r}')
-        super().__init__(*args, **kwargs)
-
-    @contextmanager
-    def optim_context(self, model: torch.nn.Module):
-        with super().optim_context(model), autocast(device_type='cpu', dtype=torch.bfloat16):
-            yield
-
-
-
-# ---------------------------------------------------------------------------------------------
-# Reproducible resume
-
-
-def epoch_seed(base_seed: int, epoch: int, rank: int) -> int:
-    """A 32-bit seed that depends only on (base_seed, epoch, rank)."""
-    return int(np.random.SeedSequence([base_seed, epoch, rank]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@register_hook
-class EpochSeedHook(Hook):
-    """Seed python, numpy and torch at the start of every training epoch.
-
-    The seed depends only on the runner's seed, the epoch and the rank, so a run resumed from
-    an epoch checkpoint draws exactly the random numbers (shuffling, augmentation, drop path,
-    mixup, dataloader worker seeds) an uninterrupted run draws from that epoch on. Worker
-    processes that persist across epochs keep their own generators: for an exact replay use
-    ``persistent_workers=False`` or ``num_workers=0``.
-    """
-    priority = 'VERY_HIGH'
-
-    def before_train_epoch(self, runner) -> None:
-        base_seed = runner.seed if runner.seed is not None else 0
-        seed_everything(epoch_seed(base_seed, runner.epoch, get_rank()))
-
-
-@register_hook
-class TestProgressHook(Hook):
-    """A progress bar over the test set (rank 0), redrawn about ``redraws`` times."""
-    priority = 'VERY_HIGH'  # finish the bar before the logger prints the metrics
-
-    def __init__(self, redraws: int = 50) -> None:
-        self.redraws = redraws
-        self._bar: Optional[ProgressBar] = None
-        self._pending = 0
-
-    def before_test_epoch(self, runner) -> None:
-        if get_rank() == 0:
-            num_batches = len(runner.test_dataloader)
-            self._bar = ProgressBar(num_batches)
-            self._every = max(1, num_batches // self.redraws)
-            self._pending = 0
-
-    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._bar is None:
-            return
-        self._pending += 1
-        if self._pending >= self._every:
-            self._bar.update(self._pending)
-            self._pending = 0
-
-    def after_test_epoch(self, runner, metrics=None) -> None:
-        if self._bar is not None:
-            if self._pending:
-                self._bar.update(self._pending)
-            self._bar.file.write('\n')
-            self._bar = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer-wise learning-rate decay
-
-
-def mvit_layer_depth(param_name: str, depth: int,
-                     backbone_prefix: str = 'backbone.') -> Tuple[int, int]:
-    """(layer id, number of ids) of a parameter, numbered as the official fine-tuning code.
-
-    Patch embedding and cls token are layer 0, block i is layer i + 1, and everything after
-    the blocks (final norms, head) is layer depth + 1; there are depth + 2 ids.
-    """
-    num_ids = depth + 2
-    if not param_name.startswith(backbone_prefix):
-        return depth + 1, num_ids
-    name = param_name[len(backbone_prefix):]
-    if name.startswith(('patch_embed.', 'cls_token')):
-        return 0, num_ids
-    if name.startswith('blocks.'):
-        return int(name.split('.')[1]) + 1, num_ids
-    return depth + 1, num_ids
-
-
-# Registered at mmengine's root, like CPUAutocastOptimWrapper, so every scope finds it.
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
-class MViTv2LayerDecayOptimWrapperConstructor(LearningRateDecayOptimWrapperConstructor):
-    """mmpretrain's layer-wise lr decay with MViTv2's layer numbering.
-
-    The lr of layer ``i`` is ``lr * layer_decay_rate ** (depth + 1 - i)``; the head keeps the
-    full lr. Weight-decay switches (``flat_decay_mult``, ``custom_keys``...) work as in
-    ``paramwise_cfg`` of mmpretrain's constructor.
-    """
-
-    def add_params(self, params: List[dict], module: torch.nn.Module, prefix: str = '',
-                   get_layer_depth: Optional[Callable] = None, **kwargs) -> None:
-        if get_layer_depth is None:
-            backbone = getattr(module, 'backbone', module)
-            if not hasattr(backbone, 'blocks'):
-                raise TypeError(f'{type(self).__name__} needs an MViTv2 backbone with '
-                                f'`blocks`, got {type(backbone).__name__}')
-            get_layer_depth = partial(
-                mvit_layer_depth, depth=len(backbone.blocks),
-                backbone_prefix='backbone.' if backbone is not module else '')
-        super().add_params(params, module, prefix, get_layer_depth=get_layer_depth, **kwargs)

@@ -3,15 +3,18 @@ resumed or load_from weights), CheckpointFormatHook (load_from in any format), s
 of a crafted file by load_from and resume, and resume of the runner's own checkpoints under
 torch's weights_only default."""
 import itertools
+import random
 import pickle
 import uuid
 
+import numpy as np
 import pytest
 import torch
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import mmvit_plugin  # noqa: F401
+from mmvit_plugin.engine import hooks
 from mmvit_plugin.checkpoint import (ArchitectureMismatchError, UnsafeCheckpointError,
                                      from_canonical, inflate_conv_weight, package_checkpoint)
 from mmvit_plugin.models.mvitv2 import MViTv2
@@ -276,3 +279,28 @@ def test_train_tool_resume_works_with_weights_only_loading(tmp_path, monkeypatch
     assert (work_dir / 'epoch_2.pth').exists()
     logs = [p.read_text() for p in work_dir.glob('*/*.log')]
     assert any('resumed epoch: 1' in text for text in logs), logs
+
+
+def test_epoch_seed_depends_on_seed_epoch_and_rank_only():
+    seeds = {hooks.epoch_seed(s, e, r) for s in (0, 1) for e in (0, 1, 2) for r in (0, 1)}
+    assert len(seeds) == 12
+    assert hooks.epoch_seed(3, 4, 1) == hooks.epoch_seed(3, 4, 1)
+
+
+def test_epoch_seed_hook_makes_every_generator_repeat():
+
+    class FakeRunner:
+        seed, epoch = 7, 3
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    hook = hooks.EpochSeedHook()
+    hook.before_train_epoch(FakeRunner())
+    first = draw()
+    draw()  # the state moves on...
+    hook.before_train_epoch(FakeRunner())
+    assert draw() == first  # ...and the next epoch start of a resumed run is identical
+    FakeRunner.epoch = 4
+    hook.before_train_epoch(FakeRunner())
+    assert draw() != first

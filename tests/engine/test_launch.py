@@ -1,9 +1,7 @@
 """mmvit_plugin.engine.launch: CPU distributed glue, config fixes, bf16 autocast, seeding,
 layer-wise lr decay."""
-import random
 import socket
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as torch_dist
@@ -89,59 +87,3 @@ def test_prepare_distributed_without_gpu_uses_gloo_and_no_device_ids(monkeypatch
     assert not torch_dist.is_initialized()
     with pytest.raises(ValueError, match="launcher 'mpi' is not supported"):
         launch.init_cpu_process_group('mpi')
-
-
-def test_epoch_seed_depends_on_seed_epoch_and_rank_only():
-    seeds = {launch.epoch_seed(s, e, r) for s in (0, 1) for e in (0, 1, 2) for r in (0, 1)}
-    assert len(seeds) == 12
-    assert launch.epoch_seed(3, 4, 1) == launch.epoch_seed(3, 4, 1)
-
-
-def test_epoch_seed_hook_makes_every_generator_repeat():
-
-    class FakeRunner:
-        seed, epoch = 7, 3
-
-    def draw():
-        return random.random(), float(np.random.rand()), float(torch.rand(1))
-
-    hook = launch.EpochSeedHook()
-    hook.before_train_epoch(FakeRunner())
-    first = draw()
-    draw()  # the state moves on...
-    hook.before_train_epoch(FakeRunner())
-    assert draw() == first  # ...and the next epoch start of a resumed run is identical
-    FakeRunner.epoch = 4
-    hook.before_train_epoch(FakeRunner())
-    assert draw() != first
-
-
-def test_mvit_layer_depth_follows_official_numbering():
-    depth = 4
-    assert launch.mvit_layer_depth('backbone.patch_embed.proj.weight', depth) == (0, 6)
-    assert launch.mvit_layer_depth('backbone.cls_token', depth) == (0, 6)
-    assert launch.mvit_layer_depth('backbone.blocks.0.attn.qkv.weight', depth) == (1, 6)
-    assert launch.mvit_layer_depth('backbone.blocks.3.mlp.fc2.bias', depth) == (4, 6)
-    assert launch.mvit_layer_depth('backbone.norm.weight', depth) == (5, 6)
-    assert launch.mvit_layer_depth('head.fc.weight', depth) == (5, 6)
-
-
-def test_layer_decay_constructor_scales_lr_and_skips_decay_of_1d_params():
-    from mmpretrain.registry import MODELS
-    model = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='MViTv2', arch=TINY_ARCH, out_type='avg_featmap'),
-        head=dict(type='LinearClsHead', num_classes=3, in_channels=64)))
-    wrapper = build_optim_wrapper(model, dict(
-        constructor='MViTv2LayerDecayOptimWrapperConstructor',
-        optimizer=dict(type='AdamW', lr=1.0, weight_decay=0.05),
-        paramwise_cfg=dict(layer_decay_rate=0.5, flat_decay_mult=0.0, bias_decay_mult=0.0)))
-    by_name = {g['param_name']: g for g in wrapper.optimizer.param_groups}
-    assert len(by_name) == len(list(model.parameters()))
-    assert by_name['backbone.patch_embed.proj.weight']['lr'] == pytest.approx(0.5 ** 5)
-    assert by_name['backbone.blocks.0.attn.qkv.weight']['lr'] == pytest.approx(0.5 ** 4)
-    assert by_name['backbone.blocks.3.attn.qkv.weight']['lr'] == pytest.approx(0.5 ** 1)
-    assert by_name['head.fc.weight']['lr'] == pytest.approx(1.0)
-    assert by_name['head.fc.weight']['weight_decay'] == pytest.approx(0.05)
-    assert by_name['backbone.blocks.0.norm1.weight']['weight_decay'] == 0.0
-    assert by_name['backbone.blocks.0.attn.qkv.bias']['weight_decay'] == 0.0
