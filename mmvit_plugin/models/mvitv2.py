@@ -211,6 +211,48 @@ def _split_cls(x: torch.Tensor, with_cls_token: bool, dim: int):
     return None, x
 
 
+class _PoolNorm(torch.autograd.Function):
+    """LayerNorm(depthwise conv(x)) over channels, keeping only x for the backward.
+
+    The conv output (the LayerNorm's input) is recomputed in the backward, which costs one
+    cheap depthwise conv and saves storing a tensor per pooled q, k and v.
+    """
+
+    @staticmethod
+    def forward(ctx, x, conv_weight, norm_weight, norm_bias, stride, padding, eps):
+        ndim = x.dim() - 2
+        conv_args = (stride, padding, (1,) * ndim, False, (0,) * ndim, x.shape[1])
+        pooled = torch.ops.aten.convolution(x, conv_weight, None, *conv_args)
+        tokens = pooled.flatten(2).transpose(1, 2)
+        out, mean, rstd = torch.native_layer_norm(tokens, (x.shape[1],), norm_weight,
+                                                  norm_bias, eps)
+        ctx.save_for_backward(x, conv_weight, norm_weight, norm_bias, mean, rstd)
+        ctx.conv_args = conv_args
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, conv_weight, norm_weight, norm_bias, mean, rstd = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        pooled = torch.ops.aten.convolution(x, conv_weight, None, *ctx.conv_args)
+        tokens = pooled.flatten(2).transpose(1, 2)
+        grad_tokens, grad_norm_w, grad_norm_b = torch.ops.aten.native_layer_norm_backward(
+            grad_out, tokens, (x.shape[1],), mean, rstd, norm_weight, norm_bias,
+            [True, needs[2], needs[3]])
+        grad_pooled = grad_tokens.transpose(1, 2).view(pooled.shape)
+        grad_x, grad_conv_w, _ = torch.ops.aten.convolution_backward(
+            grad_pooled, x, conv_weight, None, *ctx.conv_args, [needs[0], needs[1], False])
+        return grad_x, grad_conv_w, grad_norm_w, grad_norm_b, None, None, None
+
+
+def pool_then_norm(x: torch.Tensor, pool: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(pool(x).flatten(2).transpose(1, 2))`` for a depthwise ``pool`` conv."""
+    if torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
+        return _PoolNorm.apply(x, pool.weight, norm.weight, norm.bias, pool.stride,
+                               pool.padding, norm.eps)
+    return norm(pool(x).flatten(2).transpose(1, 2))
+
+
 ATTN_IMPLS = ('auto', 'onednn', 'sdpa', 'math', 'plain')
 
 
@@ -290,12 +332,12 @@ class PoolingAttention(nn.Module):
         B, heads, N, C = x.shape
         # A dense (B*heads, N, C) is a channels-last (B*heads, C, *size) tensor: the depthwise
         # conv runs on it without a layout change and returns channels-last too.
-        grid = x.reshape(B * heads, N, C).contiguous()
-        pooled = pool(grid.view(B * heads, *size, C).movedim(-1, 1))
-        pooled_size = tuple(pooled.shape[2:])
-        patches = norm(pooled.flatten(2).transpose(1, 2))
-        if cls_tok is not None:
-            cls_tok = norm(cls_tok.reshape(B * heads, 1, C))
+        grid = x.reshape(B * heads, N, C).contiguous().view(B * heads, *size, C).movedim(-1, 1)
+        patches = pool_then_norm(grid, pool, norm)
+        pooled_size = tuple((side + 2 * pad - kernel) // stride + 1 for side, pad, kernel, stride
+                            in zip(size, pool.padding, pool.kernel_size, pool.stride))
+        if cls_tok is not None:  # a copy: a view would keep all of qkv alive for the backward
+            cls_tok = norm(cls_tok.reshape(B * heads, 1, C).clone())
         return cls_tok, patches, pooled_size
 
     def _forward_fast(self, x: torch.Tensor, size: Size,
@@ -312,10 +354,10 @@ class PoolingAttention(nn.Module):
             v = torch.cat((v_cls, v), dim=1)
         BH, num_q, _ = q.shape
 
-        # Queries extended by their relative-position terms, keys by their coordinates.
+        # Queries extended by their relative-position terms, keys by their coordinates: the
+        # q.k product then already holds the decomposed bias.
         terms = rel_pos_query_terms(q, q_size, k_size, self.rel_pos_tables())
-        q_ext = torch.cat([(q * self.scale).view(terms[0].shape[:2] + (C,))] + terms, dim=-1)
-        q_ext = q_ext.view(BH, num_q, -1)
+        q_terms = torch.cat(terms, dim=-1).view(BH, num_q, -1)
         indicator = key_coordinate_indicator(k_size, int(self.with_cls_token), q.device,
                                              k.dtype)
         extra = indicator.shape[1]
@@ -323,7 +365,12 @@ class PoolingAttention(nn.Module):
         q_res = q if self.residual_pooling else None
 
         kernel = self._kernel(q)
-        if kernel == 'sdpa':
+        if kernel in ('onednn', 'math'):
+            out = onednn_ops.attention(q, k_ext, v, self.scale, q_terms, q_res, heads,
+                                       allow_onednn=kernel == 'onednn')
+        else:
+            q_ext = torch.cat(((q * self.scale), q_terms), dim=-1)
+
             def heads_first(t: torch.Tensor) -> torch.Tensor:
                 return t.view(B, heads, t.shape[1], C + extra)
             # Fused attention wants equal q/k/v widths: v gets zero columns, dropped after.
@@ -335,14 +382,7 @@ class PoolingAttention(nn.Module):
             out = out.transpose(1, 2)
             if q_res is not None:
                 out = out + q_res.view(B, heads, num_q, C).transpose(1, 2)
-        elif kernel == 'onednn':
-            out = onednn_ops.attention(q_ext, k_ext, v, q_res)
-            out = out.view(B, heads, num_q, C).transpose(1, 2)
-        else:
-            attn = torch.bmm(q_ext, k_ext.transpose(1, 2)).softmax(dim=-1)
-            out = torch.bmm(attn, v) if q_res is None else torch.baddbmm(q_res, attn, v)
-            out = out.view(B, heads, num_q, C).transpose(1, 2)
-        out = out.reshape(B, num_q, self.att_dim)
+            out = out.reshape(B, num_q, self.att_dim)
 
         if self.with_cls_token:  # one query, no relative position and no residual
             q_cls = F.pad(q_cls * self.scale, (0, extra))
@@ -406,7 +446,8 @@ class Mlp(nn.Module):
         if plain:
             out = self.fc2(self.act(self.fc1(x)))
             return out if residual is None else out + residual
-        return _linear(self.fc2, _linear(self.fc1, x, gelu=True), residual=residual)
+        return onednn_ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                              residual=residual)
 
 
 class MViTv2Block(nn.Module):

@@ -23,9 +23,11 @@ if torch.backends.mkldnn.is_available():
     except (AttributeError, RuntimeError):  # a build without the oneDNN ops
         _LINEAR = None
 
-# Below this many attention-matrix entries per (batch, head) the per-item oneDNN loop costs more
-# in call overhead than it saves; a batched bmm is used instead.
-MIN_ATTENTION_ENTRIES = 16384
+# Attention items (one per batch element and head) with at least this many attention-matrix
+# entries run as separate oneDNN products; smaller ones share one batched bmm. Per-item oneDNN
+# is faster on an idle CPU down to ~20k entries, but each op is a parallel region, and on a
+# loaded machine many small ones cost more than they save, so the bar is set higher.
+MIN_ATTENTION_ENTRIES = 200_000
 
 
 def set_enabled(enabled: bool) -> None:
@@ -53,33 +55,85 @@ def _mm_bt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _LINEAR(a, b, None, 'none', [], '')
 
 
+def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """grad_out^T @ x over all leading dims, as a (out, in) weight gradient."""
+    x_2d = x.reshape(-1, x.shape[-1])
+    grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+    # oneDNN wants its first operand dense and reads the second through strides, so
+    # transpose-copy whichever of the two is narrower.
+    if x_2d.shape[1] <= grad_2d.shape[1]:
+        return _mm_bt(x_2d.t().contiguous(), grad_2d.t()).t()
+    return _mm_bt(grad_2d.t().contiguous(), x_2d.t())
+
+
+def _bias_grad(grad_out: torch.Tensor) -> torch.Tensor:
+    return grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+
+
+def _linear_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    residual: Optional[torch.Tensor], gelu: bool = False) -> torch.Tensor:
+    if residual is not None and not gelu:
+        return _LINEAR.binary(x, residual.expand(x.shape[:-1] + (weight.shape[0],)),
+                              weight, bias, 'add')
+    out = _LINEAR(x, weight, bias, 'gelu' if gelu else 'none', [], 'none' if gelu else '')
+    return out if residual is None else out + residual
+
+
 class _Linear(torch.autograd.Function):
+    """x W^T + b (+ residual)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,
-                bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                residual: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _LINEAR(x, weight, bias, 'none', [], '')
+        ctx.has_residual = residual is not None
+        return _linear_forward(x, weight, bias, residual)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-        if ctx.needs_input_grad[0]:
-            grad_x = _mm_bt(grad_out, weight.t().contiguous())
-        if ctx.needs_input_grad[1]:
-            x_2d = x.reshape(-1, x.shape[-1])
-            # grad_w = grad^T x: oneDNN wants its first operand dense and reads the second
-            # through strides, so transpose-copy whichever of the two is narrower.
-            if x_2d.shape[1] <= grad_2d.shape[1]:
-                grad_w = _mm_bt(x_2d.t().contiguous(), grad_2d.t()).t()
-            else:
-                grad_w = _mm_bt(grad_2d.t().contiguous(), x_2d.t())
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_2d.sum(0)
-        return grad_x, grad_w, grad_b
+        needs = ctx.needs_input_grad
+        grad_x = _mm_bt(grad_out, weight.t().contiguous()) if needs[0] else None
+        grad_w = _weight_grad(x, grad_out) if needs[1] else None
+        grad_b = _bias_grad(grad_out) if ctx.has_bias and needs[2] else None
+        grad_res = grad_out if ctx.has_residual and needs[3] else None
+        return grad_x, grad_w, grad_b, grad_res
+
+
+class _Mlp(torch.autograd.Function):
+    """fc2(GELU(fc1(x))) (+ residual), keeping only fc1's output for the backward.
+
+    The GELU output (as large as fc1's) is recomputed in the backward instead of stored.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight1, bias1, weight2, bias2, residual):
+        hidden = _LINEAR(x, weight1, bias1, 'none', [], '')
+        ctx.save_for_backward(x, weight1, weight2, hidden)
+        ctx.has_bias = (bias1 is not None, bias2 is not None)
+        ctx.has_residual = residual is not None
+        return _linear_forward(F.gelu(hidden), weight2, bias2, residual)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight1, weight2, hidden = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        activated = F.gelu(hidden)
+        grad_w2 = _weight_grad(activated, grad_out) if needs[3] else None
+        del activated
+        grad_b2 = _bias_grad(grad_out) if ctx.has_bias[1] and needs[4] else None
+        grad_hidden = torch.ops.aten.gelu_backward(
+            _mm_bt(grad_out, weight2.t().contiguous()), hidden)
+        grad_x = _mm_bt(grad_hidden, weight1.t().contiguous()) if needs[0] else None
+        grad_w1 = _weight_grad(x, grad_hidden) if needs[1] else None
+        grad_b1 = _bias_grad(grad_hidden) if ctx.has_bias[0] and needs[2] else None
+        grad_res = grad_out if ctx.has_residual and needs[5] else None
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -90,90 +144,137 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
         if gelu:
             out = F.gelu(out)
         return out if residual is None else out + residual
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-        or (residual is not None and residual.requires_grad))
-    if needs_grad:
-        out = _Linear.apply(x, weight, bias)
+    if _needs_grad(x, weight, bias, residual):
         if gelu:
-            out = F.gelu(out)
+            out = F.gelu(_Linear.apply(x, weight, bias, None))
+            return out if residual is None else out + residual
+        return _Linear.apply(x, weight, bias, residual)
+    return _linear_forward(x, weight, bias, residual, gelu)
+
+
+def mlp(x: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.Tensor],
+        weight2: torch.Tensor, bias2: Optional[torch.Tensor],
+        residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2) (+ residual)``."""
+    if not usable(x, weight1, weight2):
+        out = F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2)
         return out if residual is None else out + residual
-    if gelu and residual is None:
-        return _LINEAR(x, weight, bias, 'gelu', [], 'none')
-    if residual is not None and not gelu and residual.shape[-1] == weight.shape[0]:
-        return _LINEAR.binary(x, residual.expand(x.shape[:-1] + (weight.shape[0],)),
-                              weight, bias, 'add')
-    out = _LINEAR(x, weight, bias, 'gelu' if gelu else 'none', [], 'none' if gelu else '')
-    return out if residual is None else out + residual
+    if _needs_grad(x, weight1, bias1, weight2, bias2, residual):
+        return _Mlp.apply(x, weight1, bias1, weight2, bias2, residual)
+    return _linear_forward(_linear_forward(x, weight1, bias1, None, gelu=True), weight2,
+                           bias2, residual)
 
 
-def _attention_item(q: torch.Tensor, k: torch.Tensor, v_t: torch.Tensor,
-                    residual: Optional[torch.Tensor]) -> torch.Tensor:
-    probs = _mm_bt(q, k)
-    torch.ops.aten._softmax.out(probs, -1, False, out=probs)
-    if residual is None:
-        return _mm_bt(probs, v_t)
-    return _LINEAR.binary(probs, residual, v_t, None, 'add')
+def _extended_query(q: torch.Tensor, scale: float,
+                    q_extra: Optional[torch.Tensor]) -> torch.Tensor:
+    q = q * scale
+    return q if q_extra is None else torch.cat((q, q_extra), dim=-1)
 
 
 class _Attention(torch.autograd.Function):
-    """softmax(q k^T) v + residual per item, the probabilities recomputed in the backward.
+    """softmax([scale q, q_extra] k^T) v (+ residual), recomputing the probabilities.
 
-    Only q, k and v are kept for the backward (no attention matrix), like a fused kernel.
+    Only the inputs are kept for the backward, so no attention matrix outlives its use (like a
+    fused attention kernel). With ``per_item`` every (batch, head) item runs its own oneDNN
+    products (fast for large items); otherwise one batched ``bmm`` covers all items (fewer,
+    larger ops: better for many small items). Work spanning all items (concatenations,
+    transposes) is done once per call.
     """
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                residual: Optional[torch.Tensor]) -> torch.Tensor:
-        ctx.save_for_backward(q, k, v)
+    def forward(ctx, q, k, v, q_extra, residual, scale: float, heads: int, per_item: bool):
+        BH, num_q, _ = q.shape
+        ctx.save_for_backward(q, k, v, q_extra)
+        ctx.scale, ctx.per_item = scale, per_item
         ctx.has_residual = residual is not None
-        out = q.new_empty(v.shape[0], q.shape[1], v.shape[2])
-        for i in range(q.shape[0]):
-            out[i] = _attention_item(q[i], k[i], v[i].t().contiguous(),
-                                     None if residual is None else residual[i])
-        return out
+        q_ext = _extended_query(q, scale, q_extra)
+        if per_item:
+            v_t = v.transpose(1, 2).contiguous()
+            outs = []
+            for i in range(BH):
+                probs = _mm_bt(q_ext[i], k[i])
+                torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+                outs.append(_mm_bt(probs, v_t[i]) if residual is None else
+                            _LINEAR.binary(probs, residual[i], v_t[i], None, 'add'))
+            out = torch.stack(outs, dim=1)  # (Nq, BH, Cv) = (Nq, B, heads, Cv)
+        else:
+            probs = torch.bmm(q_ext, k.transpose(1, 2))
+            torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+            out = torch.bmm(probs, v) if residual is None else torch.baddbmm(residual, probs, v)
+            out = out.transpose(0, 1)
+        # One copy into the (B, Nq, heads * Cv) layout the projection reads.
+        return out.reshape(num_q, BH // heads, -1).transpose(0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        q, k, v = ctx.saved_tensors
-        grad_q = torch.empty_like(q)
-        grad_k = torch.empty_like(k)
-        grad_v = torch.empty_like(v)
-        for i in range(q.shape[0]):
-            q_i, k_i, v_i = q[i], k[i], v[i]
-            grad_i = grad_out[i].contiguous()
-            probs = _mm_bt(q_i, k_i)
+        q, k, v, q_extra = ctx.saved_tensors
+        BH, num_q, C = q.shape
+        B = grad_out.shape[0]
+        heads = BH // B
+        grad_items = grad_out.view(B, num_q, heads, -1).transpose(1, 2).reshape(BH, num_q, -1)
+        q_ext = _extended_query(q, ctx.scale, q_extra)
+        if ctx.per_item:
+            grad_items_t = grad_items.transpose(1, 2).contiguous()
+            q_ext_t = q_ext.transpose(1, 2).contiguous()
+            k_t = k.transpose(1, 2).contiguous()
+            grad_q_ext, grad_k_t, grad_v_t = [], [], []
+            for i in range(BH):
+                probs = _mm_bt(q_ext[i], k[i])
+                torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+                grad_logits = torch.ops.aten._softmax_backward_data(
+                    _mm_bt(grad_items[i], v[i]), probs, -1, torch.float32)
+                grad_v_t.append(_mm_bt(grad_items_t[i], probs.t()))
+                del probs
+                grad_k_t.append(_mm_bt(q_ext_t[i], grad_logits.t()))
+                grad_q_ext.append(_mm_bt(grad_logits, k_t[i]))
+            del q_ext, q_ext_t, k_t
+            grad_q_ext = torch.stack(grad_q_ext)
+            grad_k = torch.stack(grad_k_t).transpose(1, 2)
+            grad_v = torch.stack(grad_v_t).transpose(1, 2)
+        else:
+            probs = torch.bmm(q_ext, k.transpose(1, 2))
             torch.ops.aten._softmax.out(probs, -1, False, out=probs)
-            grad_probs = _mm_bt(grad_i, v_i)
-            grad_logits = torch.ops.aten._softmax_backward_data(grad_probs, probs, -1,
-                                                                 torch.float32)
-            del grad_probs
-            grad_v[i] = _mm_bt(grad_i.t().contiguous(), probs.t()).t()
+            grad_logits = torch.ops.aten._softmax_backward_data(
+                torch.bmm(grad_items, v.transpose(1, 2)), probs, -1, torch.float32)
+            grad_v = torch.bmm(probs.transpose(1, 2), grad_items)
             del probs
-            grad_q[i] = _mm_bt(grad_logits, k_i.t().contiguous())
-            grad_k[i] = _mm_bt(q_i.t().contiguous(), grad_logits.t()).t()
-        grad_res = grad_out if ctx.has_residual and ctx.needs_input_grad[3] else None
-        return grad_q, grad_k, grad_v, grad_res
+            grad_k = torch.bmm(grad_logits.transpose(1, 2), q_ext)
+            grad_q_ext = torch.bmm(grad_logits, k)
+        grad_q = grad_q_ext[..., :C] * ctx.scale
+        grad_extra = None if q_extra is None else grad_q_ext[..., C:]
+        grad_res = grad_items if ctx.has_residual else None
+        return grad_q, grad_k, grad_v, grad_extra, grad_res, None, None, None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``softmax(q @ k^T) @ v (+ residual)`` for (BH, Nq, D), (BH, Nk, D), (BH, Nk, C) inputs.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0,
+              q_extra: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
+              heads: int = 1, allow_onednn: bool = True) -> torch.Tensor:
+    """``softmax([scale * q, q_extra] @ k^T) @ v (+ residual)``, heads merged into channels.
 
-    Scaling and any bias must already be inside q and k. Uses the per-item oneDNN kernel when
-    ``usable`` and the items are large enough, else bmm / softmax / bmm.
+    Args:
+        q: (B * heads, Nq, C) queries; ``q_extra``: (B * heads, Nq, E) columns appended to the
+            scaled queries (e.g. relative-position terms), or None.
+        k: (B * heads, Nk, C + E) keys; v: (B * heads, Nk, Cv) values.
+        residual: (B * heads, Nq, Cv) added to the output, or None.
+        allow_onednn: False forces plain bmm / softmax / bmm with autograd.
+
+    Returns:
+        (B, Nq, heads * Cv). Where oneDNN applies, ``_Attention`` runs (no attention matrix
+        kept for the backward; per-item oneDNN products for items of at least
+        ``MIN_ATTENTION_ENTRIES`` entries, one batched bmm below that).
     """
-    tensors = [q, k, v] + ([] if residual is None else [residual])
-    if usable(*tensors) and q.shape[1] * k.shape[1] >= MIN_ATTENTION_ENTRIES:
+    BH, num_q, _ = q.shape
+    tensors = [t for t in (q, k, v, q_extra, residual) if t is not None]
+    if allow_onednn and usable(*tensors):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        if residual is not None:
-            residual = residual.contiguous()
-        return _Attention.apply(q, k, v, residual)
-    probs = torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)
-    if residual is None:
-        return torch.bmm(probs, v)
-    return torch.baddbmm(residual, probs, v)
+        q_extra = None if q_extra is None else q_extra.contiguous()
+        residual = None if residual is None else residual.contiguous()
+        per_item = num_q * k.shape[1] >= MIN_ATTENTION_ENTRIES
+        return _Attention.apply(q, k, v, q_extra, residual, scale, heads, per_item)
+    probs = torch.bmm(_extended_query(q, scale, q_extra), k.transpose(1, 2)).softmax(dim=-1)
+    out = torch.bmm(probs, v) if residual is None else torch.baddbmm(residual, probs, v)
+    return out.view(BH // heads, heads, num_q, -1).transpose(1, 2).reshape(BH // heads, num_q, -1)
 
 
-__all__ = ['set_enabled', 'is_enabled', 'usable', 'linear', 'attention',
+__all__ = ['set_enabled', 'is_enabled', 'usable', 'linear', 'mlp', 'attention',
            'MIN_ATTENTION_ENTRIES']

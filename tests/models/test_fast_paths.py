@@ -31,10 +31,11 @@ def plain_ops():
     return Switch()
 
 
-@pytest.fixture
-def per_item_attention(monkeypatch):
-    """Make the per-item oneDNN attention run even for the tiny test shapes."""
-    monkeypatch.setattr(onednn_ops, 'MIN_ATTENTION_ENTRIES', 0)
+@pytest.fixture(params=['per_item', 'batched'])
+def per_item_attention(request, monkeypatch):
+    """Both kernels of ``onednn_ops._Attention``: per-item oneDNN and batched bmm."""
+    monkeypatch.setattr(onednn_ops, 'MIN_ATTENTION_ENTRIES',
+                        0 if request.param == 'per_item' else 10 ** 9)
 
 
 def _grads(tensors):
@@ -89,6 +90,30 @@ def test_onednn_linear_grad_of_a_wide_input():
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 
 
+@needs_onednn
+@pytest.mark.parametrize('with_residual', [False, True])
+def test_onednn_mlp_matches_the_layers(with_residual):
+    x, w1, b1, w2, b2, residual = _leaves((2, 30, 12), (48, 12), (48,), (12, 48), (12,),
+                                          (2, 30, 12))
+    leaves = [x, w1, b1, w2, b2] + ([residual] if with_residual else [])
+    expected = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    expected = expected + residual if with_residual else expected
+    upstream = torch.randn_like(expected)
+    expected.backward(upstream)
+    expected_grads = _grads(leaves)
+    for t in leaves:
+        t.grad = None
+    res = residual if with_residual else None
+    out = onednn_ops.mlp(x, w1, b1, w2, b2, residual=res)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.backward(upstream)
+    for g, e in zip(_grads(leaves), expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(onednn_ops.mlp(x, w1, b1, w2, b2, residual=res),
+                                   expected.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_linear_falls_back_when_disabled(plain_ops):
     x, weight, bias = _leaves((4, 8), (6, 8), (6,))
     with plain_ops:
@@ -101,23 +126,37 @@ def test_linear_falls_back_when_disabled(plain_ops):
 
 @needs_onednn
 @pytest.mark.parametrize('with_residual', [True, False])
-def test_onednn_attention_matches_softmax_attention(per_item_attention, with_residual):
-    q, k, v, residual = _leaves((3, 20, 12), (3, 9, 12), (3, 9, 7), (3, 20, 7))
-    res = residual if with_residual else None
-    expected = torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
+@pytest.mark.parametrize('with_extra', [True, False])
+@pytest.mark.parametrize('heads', [1, 2])
+def test_onednn_attention_matches_softmax_attention(per_item_attention, with_residual,
+                                                    with_extra, heads):
+    B, nq, nk, C, E = 2, 20, 9, 12, 5
+    q, k, v, extra, residual = _leaves((B * heads, nq, C), (B * heads, nk, C + E),
+                                       (B * heads, nk, C), (B * heads, nq, E),
+                                       (B * heads, nq, C))
+    if not with_extra:
+        k = k[..., :C].detach().requires_grad_()
+    q_ext = torch.cat((q * 0.7, extra), -1) if with_extra else q * 0.7
+    expected = torch.softmax(q_ext @ k.transpose(1, 2), dim=-1) @ v
     expected = expected + residual if with_residual else expected
+    expected = expected.view(B, heads, nq, C).transpose(1, 2).reshape(B, nq, heads * C)
     upstream = torch.randn_like(expected)
     expected.backward(upstream)
-    leaves = [q, k, v] + ([residual] if with_residual else [])
+    leaves = [q, k, v] + ([extra] if with_extra else []) + ([residual] if with_residual else [])
     expected_grads = _grads(leaves)
     for t in leaves:
         t.grad = None
 
-    out = onednn_ops.attention(q, k, v, res)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    out.backward(upstream)
-    for g, e in zip(_grads(leaves), expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    for allow_onednn in (True, False):
+        out = onednn_ops.attention(q, k, v, 0.7, extra if with_extra else None,
+                                   residual if with_residual else None, heads,
+                                   allow_onednn=allow_onednn)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        out.backward(upstream)
+        for g, e in zip(_grads(leaves), expected_grads):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        for t in leaves:
+            t.grad = None
 
 
 # Relative positions folded into the q.k product ----------------------------------------------
