@@ -18,13 +18,14 @@ model = dict(
     backbone=dict(
         type='MViTv2',
         # The image quickstart's arch (configs/quickstart_image.py) made 3D, so its weights
-        # inflate into this model: 4 stages, tokens 2x8x16 -> 2x4x8 -> 2x2x4 -> 2x1x2.
-        arch=dict(embed_dim=32, depth=5, num_heads=1, stage_starts=(1, 3, 4), video=True,
+        # inflate into this model: tokens 2x8x16 (1 block, width 48) -> 2x4x8 (3 blocks, 96)
+        # -> 2x2x4 (1 block, 192) -> 2x1x2 (1 block, 384).
+        arch=dict(embed_dim=48, depth=6, num_heads=1, stage_starts=(1, 4, 5), video=True,
                   img_size=(clip_len, *clip_size), drop_path_rate=0.0),
         out_type='featmap'),
     cls_head=dict(
         type='MViTHead',
-        in_channels=256,
+        in_channels=384,
         num_classes=num_classes,
         with_cls_token=False,  # mean of the last stage's tokens, as the image model does
         dropout_ratio=0.0,
@@ -101,4 +102,3 @@ auto_scale_lr = dict(enable=False, base_batch_size=32)
 default_hooks = dict(
     logger=dict(interval=50),
     checkpoint=dict(interval=1, max_keep_ckpts=1, save_best='auto'))
-

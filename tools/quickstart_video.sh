@@ -9,8 +9,11 @@
 # Usage: bash tools/quickstart_video.sh
 #   IMAGE_CKPT=path   image checkpoint to inflate (default: the image quickstart's last one)
 #   WORK=dir          work folder (default: work_dirs)
+#   OMP_NUM_THREADS   default 1: one compute thread plus one dataloader worker fill two cores
+#                     without oversubscribing them (as tools/quickstart.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 WORK=${WORK:-work_dirs}
 DATA=data/moving_fashion
@@ -36,9 +39,10 @@ train() {  # train CONFIG NAME [extra train.py args...]; prints the seconds it t
     shift 2
     local start end
     start=$(date +%s.%N)
-    python tools/train.py "$config" --work-dir "$WORK/$name" "$@" > "$WORK/$name.train.log" 2>&1 || {
-        tail -n 30 "$WORK/$name.train.log" >&2
-        echo "quickstart_video: training $name failed, full log: $WORK/$name.train.log" >&2
+    local log=$WORK/$name.train.log
+    python tools/train.py "$config" --work-dir "$WORK/$name" "$@" > "$log" 2>&1 || {
+        tail -n 30 "$log" >&2
+        echo "quickstart_video: training $name failed, full log: $log" >&2
         exit 1
     }
     end=$(date +%s.%N)
@@ -80,7 +84,8 @@ for run, label in zip(sys.argv[1:], ('from scratch', 'inflated')):
     print(f'  {label:>12}: ' + '  '.join(f"{100 * r['acc/top1']:.1f}%" for r in rows))
 PY
 echo
-echo "test top-1 on $(find "$DATA/test" -name '*.mp4' | wc -l) clips:"
+echo "test top-1 on $(find "$DATA/test" -name '*.mp4' | wc -l) clips" \
+     "($(getconf _NPROCESSORS_ONLN) cores, load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
 echo "  from scratch:            ${scratch_top1}%  (trained in ${scratch_s} s)"
 echo "  inflated from the image: ${inflated_top1}%  (trained in ${inflated_s} s)"
 

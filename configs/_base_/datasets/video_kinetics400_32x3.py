@@ -17,7 +17,8 @@ train_pipeline = [
     dict(type='RandomResizedCrop', area_range=(0.08, 1.0), aspect_ratio_range=(0.75, 1.3333)),
     dict(type='Resize', scale=(224, 224), keep_ratio=False),
     dict(type='Flip', flip_ratio=0.5),
-    # SlowFast's 'pixel' mode draws N(0, 1) after normalisation: mean +- std in pixel units
+    # SlowFast's 'pixel' mode draws N(0, 1) after normalisation: mean +- std in pixel units.
+    # mmaction2 erases one box in every frame; SlowFast draws a box per frame.
     dict(type='RandomErasing', erase_prob=0.25, mode='rand',
          fill_color=(114.75, 114.75, 114.75), fill_std=(57.375, 57.375, 57.375)),
     dict(type='FormatShape', input_format='NCTHW'),
