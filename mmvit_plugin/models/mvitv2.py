@@ -247,7 +247,7 @@ class _PoolNorm(torch.autograd.Function):
 
 def pool_then_norm(x: torch.Tensor, pool: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
     """``norm(pool(x).flatten(2).transpose(1, 2))`` for a depthwise ``pool`` conv."""
-    if torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
+    if torch.is_grad_enabled() and not onednn_ops.autocast_enabled(x.device.type):
         return _PoolNorm.apply(x, pool.weight, norm.weight, norm.bias, pool.stride,
                                pool.padding, norm.eps)
     return norm(pool(x).flatten(2).transpose(1, 2))
@@ -368,15 +368,17 @@ class PoolingAttention(nn.Module):
         if kernel in ('onednn', 'math'):
             out = onednn_ops.attention(q, k_ext, v, self.scale, q_terms, q_res, heads,
                                        allow_onednn=kernel == 'onednn')
-        else:
-            q_ext = torch.cat(((q * self.scale), q_terms), dim=-1)
+        else:  # 'sdpa'
+            # Fused kernels want equal q/k/v widths (GPU ones a multiple of 8): zero columns
+            # change no logit, and the extra output columns are dropped.
+            width = -(-(C + extra) // 8) * 8
+            q_ext = F.pad(torch.cat((q * self.scale, q_terms), dim=-1), (0, width - C - extra))
 
             def heads_first(t: torch.Tensor) -> torch.Tensor:
-                return t.view(B, heads, t.shape[1], C + extra)
-            # Fused attention wants equal q/k/v widths: v gets zero columns, dropped after.
+                t = F.pad(t, (0, width - t.shape[-1]))
+                return t.view(B, heads, t.shape[1], width)
             out = F.scaled_dot_product_attention(
-                heads_first(q_ext), heads_first(k_ext), heads_first(F.pad(v, (0, extra))),
-                scale=1.0)[..., :C]
+                heads_first(q_ext), heads_first(k_ext), heads_first(v), scale=1.0)[..., :C]
             # The fused kernel returns (B, heads, Nq, C) laid out as (B, Nq, heads, C); adding
             # the residual with ``out`` first keeps that layout, so the merge below is free.
             out = out.transpose(1, 2)

@@ -40,11 +40,25 @@ def is_enabled() -> bool:
     return _ENABLED and _LINEAR is not None
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, also on PyTorch < 2.4."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return (torch.is_autocast_cpu_enabled() if device_type == 'cpu'
+                else torch.is_autocast_enabled())
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, 'compiler', None)
+    if compiler is not None and hasattr(compiler, 'is_compiling'):
+        return compiler.is_compiling()
+    return False
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the oneDNN path applies to these tensors right now."""
-    if not is_enabled() or torch.is_autocast_enabled('cpu'):
-        return False
-    if torch.compiler.is_compiling():
+    if not is_enabled() or autocast_enabled('cpu') or _compiling():
         return False
     return all(t.device.type == 'cpu' and t.dtype == torch.float32 and t.layout == torch.strided
                for t in tensors)
@@ -276,5 +290,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 
     return out.view(BH // heads, heads, num_q, -1).transpose(1, 2).reshape(BH // heads, num_q, -1)
 
 
-__all__ = ['set_enabled', 'is_enabled', 'usable', 'linear', 'mlp', 'attention',
+__all__ = ['set_enabled', 'is_enabled', 'usable', 'autocast_enabled', 'linear', 'mlp', 'attention',
            'MIN_ATTENTION_ENTRIES']

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvit_plugin.models import onednn_ops
-from mmvit_plugin.models.mvitv2 import MViTv2
+from mmvit_plugin.models.mvitv2 import MViTv2, pool_then_norm
 from mmvit_plugin.models.rel_pos import (decomposed_rel_pos_bias, key_coordinate_indicator,
                                          rel_pos_query_terms, rel_pos_table_length)
 
@@ -157,6 +157,29 @@ def test_onednn_attention_matches_softmax_attention(per_item_attention, with_res
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
         for t in leaves:
             t.grad = None
+
+
+# Pooling + LayerNorm with the conv recomputed in the backward ---------------------------------
+
+@pytest.mark.parametrize('shape,stride', [((3, 8, 10, 12), (2, 2)), ((3, 8, 10, 12), (1, 1)),
+                                          ((2, 8, 4, 6, 6), (1, 2, 2))])
+def test_pool_then_norm_matches_the_modules(shape, stride):
+    ndim = len(shape) - 2
+    conv_cls = torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d
+    pool = conv_cls(8, 8, 3, stride, 1, groups=8, bias=False)
+    norm = torch.nn.LayerNorm(8, eps=1e-6)
+    _randomise(pool), _randomise(norm, seed=1)
+    with torch.no_grad():
+        norm.weight.add_(1.0)
+    x = torch.randn(shape).movedim(1, -1).contiguous().movedim(-1, 1).requires_grad_()
+    expected = norm(pool(x).flatten(2).transpose(1, 2))
+    upstream = torch.randn_like(expected)
+    params = [x, pool.weight, norm.weight, norm.bias]
+    expected_grads = torch.autograd.grad(expected, params, upstream)
+    out = pool_then_norm(x, pool, norm)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(torch.autograd.grad(out, params, upstream), expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
 # Relative positions folded into the q.k product ----------------------------------------------
