@@ -14,6 +14,10 @@ in the same run, and the peak memory of a training step.
 Peak memory on CPU is the largest amount of tensor memory alive during one step above what was
 alive when it began (torch.profiler memory events, per-op granularity); on CUDA it is
 ``torch.cuda.max_memory_allocated`` above the memory allocated before the step.
+
+On a CPU shared with other busy processes, run with ``OMP_WAIT_POLICY=passive``: with the
+default (spinning) policy every parallel region waits for descheduled threads, and a step can
+take several times longer for both models, with ratios that mostly measure the scheduler.
 """
 import argparse
 import contextlib
@@ -347,11 +351,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cpu = 'unknown CPU'
     with contextlib.suppress(OSError):
         with open('/proc/cpuinfo') as f:
-            cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')),
-                       cpu)
+            cpu = next((line.split(':', 1)[1].strip() for line in f
+                        if line.startswith('model name')), cpu)
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
         f'{cpu}, {args.threads} threads'
-    print(f'device: {where}; torch {torch.__version__}; python {platform.python_version()}')
+    print(f'device: {where}; torch {torch.__version__}; python {platform.python_version()}; '
+          f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}')
     print(f'ours: mmvit MViTv2({args.arch}, attn_impl={args.attn_impl}, with_cp={args.with_cp}) '
           f'vs peer: {pair.peer_name}; input {tuple(x.shape)}; dtype {args.dtype}; '
           f'compile {args.compile}; drop_path {args.drop_path}')

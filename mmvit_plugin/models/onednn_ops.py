@@ -10,7 +10,7 @@ hand-written backward. Everything here is exact fp32: only the order of summatio
 Where oneDNN does not apply (GPU, other dtypes, autocast, ``torch.compile`` tracing, or
 ``set_enabled(False)``) the standard PyTorch ops run instead.
 """
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

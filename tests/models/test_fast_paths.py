@@ -50,8 +50,8 @@ def _leaves(*shapes, seed=0):
 # Linear layers -----------------------------------------------------------------------------------
 
 @needs_onednn
-@pytest.mark.parametrize('gelu,with_residual', [(False, False), (True, False), (False, True),
-                                                 (True, True)])
+@pytest.mark.parametrize('gelu,with_residual',
+                         [(False, False), (True, False), (False, True), (True, True)])
 def test_onednn_linear_matches_f_linear(gelu, with_residual):
     x, weight, bias, residual = _leaves((2, 37, 24), (40, 24), (40,), (2, 37, 40))
     res = residual if with_residual else None
@@ -184,8 +184,8 @@ def test_pool_then_norm_matches_the_modules(shape, stride):
 
 # Relative positions folded into the q.k product ----------------------------------------------
 
-@pytest.mark.parametrize('q_size,k_size,cls', [((6, 4), (3, 2), 0), ((4, 4), (4, 4), 1),
-                                                ((3, 4, 6), (3, 2, 3), 1), ((2, 3, 3), (2, 3, 3), 0)])
+@pytest.mark.parametrize('q_size,k_size,cls', [
+    ((6, 4), (3, 2), 0), ((4, 4), (4, 4), 1), ((3, 4, 6), (3, 2, 3), 1), ((2, 3, 3), (2, 3, 3), 0)])
 def test_extended_product_equals_logits_plus_bias(q_size, k_size, cls):
     gen = torch.Generator().manual_seed(0)
     BH, C = 4, 5
