@@ -1,10 +1,11 @@
 """Our MViTv2 against the installed peer (mmpretrain's MViT for images, mmaction2's for video).
 
-Both models get identical weights (the peer's random weights copied into ours by key map), their
-outputs are compared, then both are timed alternately in one process on the same input, so
-background load hits both alike. Printed per mode: time per step, throughput, the ratio
-ours/peer, our achieved FLOP rate as a share of the fp32 (or bf16) matrix-multiply peak measured
-in the same run, and the peak memory of a training step.
+Both models get identical weights (the peer's random weights renamed into ours by the checkpoint
+converter, ``mmvit_plugin.checkpoint.to_canonical``), their outputs are compared, then both are
+timed alternately in one process on the same input, so background load hits both alike. Printed
+per mode: time per step, throughput, the ratio ours/peer, our achieved FLOP rate as a share of
+the fp32 (or bf16) matrix-multiply peak measured in the same run, and the peak memory of a
+training step.
 
     python tools/benchmark.py --arch tiny --batch-size 8               # image T @224
     python tools/benchmark.py --arch small-16x4 --batch-size 1         # video S 16x4
@@ -38,19 +39,6 @@ MODES = ('inference', 'train')
 
 
 # Pure helpers ------------------------------------------------------------------------------------
-
-def peer_key_to_ours(key: str) -> str:
-    """mmpretrain / mmaction2 MViT backbone key -> the official name our MViTv2 uses."""
-    key = key.replace('patch_embed.projection.', 'patch_embed.proj.')
-    if key.startswith('norm3.'):
-        key = 'norm.' + key[len('norm3.'):]
-    return key
-
-
-def peer_state_to_ours(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """A peer backbone state dict (last stage only) renamed to our keys."""
-    return {peer_key_to_ours(k): v for k, v in state.items()}
-
 
 def parse_input_size(text: Optional[str], video: bool, default: Sequence[int]) -> Tuple[int, ...]:
     """'224' -> (224, 224); '256x320' -> (256, 320); '16x224x224' -> (16, 224, 224)."""
@@ -146,6 +134,7 @@ def build_pair(arch_name: str, input_size: Optional[str], batch_size: int, drop_
                attn_impl: str, with_cp: bool, seed: int = 0) -> Pair:
     """Our MViTv2 and the peer port of the same arch, with the peer's weights copied into ours."""
     import mmvit_plugin  # noqa: F401
+    from mmvit_plugin.checkpoint import to_canonical
     from mmvit_plugin.models.mvitv2 import ARCHS, MViTv2
 
     if arch_name not in ARCHS:
@@ -172,7 +161,9 @@ def build_pair(arch_name: str, input_size: Optional[str], batch_size: int, drop_
     _randomise(peer, seed)
     ours = MViTv2(arch_name, img_size=size, out_type=out_type, drop_path_rate=drop_path,
                   with_cp=with_cp, attn_impl=attn_impl)
-    ours.load_state_dict(peer_state_to_ours(peer.state_dict()), strict=True)
+    # The checkpoint converter renames the peer's keys (patch_embed.projection, norm3).
+    peer_format = 'mmaction2' if arch.video else 'mmpretrain'
+    ours.load_state_dict(to_canonical(peer.state_dict(), peer_format), strict=True)
     shape = (batch_size, 3, *size)
     return Pair(ours, peer, peer_name, arch.video, shape)
 

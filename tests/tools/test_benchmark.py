@@ -1,0 +1,47 @@
+"""tools/benchmark.py: its pure helpers and one tiny end-to-end run (no timing asserted)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark.py'
+spec = importlib.util.spec_from_file_location('mmvit_benchmark', BENCHMARK)
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+
+
+def test_parse_input_size():
+    assert benchmark.parse_input_size('224', False, (224, 224)) == (224, 224)
+    assert benchmark.parse_input_size('256x320', False, (224, 224)) == (256, 320)
+    assert benchmark.parse_input_size('256x320', True, (16, 224, 224)) == (16, 256, 320)
+    assert benchmark.parse_input_size(None, True, (16, 224, 224)) == (16, 224, 224)
+    with pytest.raises(SystemExit, match='expected ints'):
+        benchmark.parse_input_size('big', False, (224, 224))
+    with pytest.raises(SystemExit, match='needs 2 sides'):
+        benchmark.parse_input_size('8x64x64', False, (224, 224))
+
+
+def test_peak_of_allocation_deltas():
+    assert benchmark.peak_from_deltas([4, 4, -4, 4, -8]) == 8
+    assert benchmark.peak_from_deltas([-4, 2]) == 0
+
+
+def test_ratios():
+    ours = benchmark.Timing([1.0, 2.0, 1.0], [1.0, 1.0, 1.0])
+    peer = benchmark.Timing([2.0, 2.0, 3.0], [2.0, 2.0, 2.0])
+    assert benchmark.ratio_of_medians(ours, peer) == 2.0
+    assert benchmark.median_pair_ratio(ours, peer) == 2.0
+
+
+def test_tiny_run_checks_outputs_and_reports(capsys):
+    code = benchmark.main(['--arch', 'tiny', '--input-size', '64', '--batch-size', '1',
+                           '--iters', '1', '--warmup', '0', '--no-memory', '--threads', '1'])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert 'max |ours - peer|' in out
+    assert out.count('ours/peer throughput') == 2  # inference and train
+
+
+def test_unknown_arch_is_named():
+    with pytest.raises(SystemExit, match="--arch 'enormous'"):
+        benchmark.main(['--arch', 'enormous'])
