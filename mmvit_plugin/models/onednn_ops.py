@@ -73,10 +73,13 @@ def _weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """grad_out^T @ x over all leading dims, as a (out, in) weight gradient."""
     x_2d = x.reshape(-1, x.shape[-1])
     grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-    # oneDNN wants its first operand dense and reads the second through strides, so
-    # transpose-copy whichever of the two is narrower.
-    if x_2d.shape[1] <= grad_2d.shape[1]:
-        return _mm_bt(x_2d.t().contiguous(), grad_2d.t()).t()
+    rows, d_in = x_2d.shape
+    d_out = grad_2d.shape[1]
+    # oneDNN wants its first operand dense and reads the second through strides: either copy
+    # x^T and transpose the (in, out) result into the weight's layout, or copy grad^T and get
+    # (out, in) directly. Pick the one that copies fewer elements.
+    if rows * d_in + d_in * d_out < rows * d_out:
+        return _mm_bt(x_2d.t().contiguous(), grad_2d.t()).t().contiguous()
     return _mm_bt(grad_2d.t().contiguous(), x_2d.t())
 
 
@@ -108,7 +111,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_x = _mm_bt(grad_out, weight.t().contiguous()) if needs[0] else None
+        grad_x = _mm_bt(grad_out, weight.t()) if needs[0] else None
         grad_w = _weight_grad(x, grad_out) if needs[1] else None
         grad_b = _bias_grad(grad_out) if ctx.has_bias and needs[2] else None
         grad_res = grad_out if ctx.has_residual and needs[3] else None
@@ -138,8 +141,8 @@ class _Mlp(torch.autograd.Function):
         del activated
         grad_b2 = _bias_grad(grad_out) if ctx.has_bias[1] and needs[4] else None
         grad_hidden = torch.ops.aten.gelu_backward(
-            _mm_bt(grad_out, weight2.t().contiguous()), hidden)
-        grad_x = _mm_bt(grad_hidden, weight1.t().contiguous()) if needs[0] else None
+            _mm_bt(grad_out, weight2.t()), hidden)
+        grad_x = _mm_bt(grad_hidden, weight1.t()) if needs[0] else None
         grad_w1 = _weight_grad(x, grad_hidden) if needs[1] else None
         grad_b1 = _bias_grad(grad_hidden) if ctx.has_bias[0] and needs[2] else None
         grad_res = grad_out if ctx.has_residual and needs[5] else None

@@ -79,7 +79,7 @@ def test_onednn_linear_matches_f_linear(gelu, with_residual):
 
 @needs_onednn
 def test_onednn_linear_grad_of_a_wide_input():
-    """grad_w transposes the narrower operand: cover both branches."""
+    """grad_w is computed two ways depending on the shapes: cover both."""
     for in_dim, out_dim in ((48, 8), (8, 48)):
         x, weight = _leaves((3, 10, in_dim), (out_dim, in_dim))
         onednn_ops.linear(x, weight, None).square().sum().backward()
