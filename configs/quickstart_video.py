@@ -101,4 +101,4 @@ auto_scale_lr = dict(enable=False, base_batch_size=32)
 
 default_hooks = dict(
     logger=dict(interval=50),
-    checkpoint=dict(interval=1, max_keep_ckpts=1, save_best='auto'))
+    checkpoint=dict(interval=1, max_keep_ckpts=3, save_best='auto'))

@@ -8,6 +8,7 @@ pipeline of CONFIG (all its clips and crops) prepares the video; ``--out-file`` 
 with the predictions drawn by mmaction2's ActionVisualizer (.mp4/.avi via OpenCV, .gif).
 """
 import argparse
+import logging
 import os
 import os.path as osp
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.dataset import Compose, pseudo_collate
+from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from mmengine.structures import LabelData
@@ -77,7 +79,7 @@ def build_recognizer(cfg: Config, checkpoint: str, device: str):
     if not osp.isfile(checkpoint):
         raise DemoError(f'checkpoint {checkpoint!r} does not exist')
     model = MODELS.build(cfg.model)
-    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    load_checkpoint(model, checkpoint, map_location='cpu', strict=True, logger='silent')
     return model.to(device).eval()
 
 
@@ -151,6 +153,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # mmaction2's decord loader logs FileClient deprecation notices on every call: keep the
+    # output to the predictions (errors still show).
+    MMLogger.get_current_instance().setLevel(logging.ERROR)
     try:
         if not osp.isfile(args.config):
             raise DemoError(f'config {args.config!r} does not exist')

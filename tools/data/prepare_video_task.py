@@ -10,12 +10,14 @@ items is it?): the model has to see the motion, and to recognise the item. The t
 come from different categories.
 
 Writes ``OUT/{train,val,test}/<index>_<name>/<n>.mp4`` (class folders named like the
-Fashion-MNIST image task's, so an image model's head lines up with the video classes) and
-``OUT/classes.txt`` for the demo. ``train`` and ``val`` clips use images of the official
+Fashion-MNIST image task's, so an image model's head lines up with the video classes),
+``OUT/classes.txt`` for the demo and ``OUT/<split>_clips.csv`` (moving and still item's class,
+side of the moving one) for error analysis. ``train`` and ``val`` clips use images of the official
 training set (disjoint), ``test`` clips images of the official 10,000-image test set.
 A finished build is left alone unless --force.
 """
 import argparse
+import csv
 import gzip
 import json
 import os
@@ -141,17 +143,26 @@ def build_split(out_dir: str, images: np.ndarray, labels: np.ndarray, pool: np.n
         return image
 
     counts: Dict[str, int] = {}
+    rows = []
     for clip_id in range(num_clips):
         label = clip_id % len(CLASS_NAMES)
         other = int(rng.choice([c for c in range(len(CLASS_NAMES)) if c != label]))
-        frames = render_clip(take(label), take(other), bool(rng.integers(0, 2)), num_frames,
-                             cell, rng)
+        moving_left = bool(rng.integers(0, 2))
+        frames = render_clip(take(label), take(other), moving_left, num_frames, cell, rng)
         folder = osp.join(out_dir, class_folder(label))
         os.makedirs(folder, exist_ok=True)
-        write_video(osp.join(folder, f'{clip_id:05d}.mp4'), frames)
+        path = osp.join(folder, f'{clip_id:05d}.mp4')
+        write_video(path, frames)
+        rows.append(dict(path=osp.relpath(path, out_dir), moving_label=label, still_label=other,
+                         moving_side='left' if moving_left else 'right'))
         counts[class_folder(label)] = counts.get(class_folder(label), 0) + 1
         if (clip_id + 1) % 1000 == 0:
             print(f'  {out_dir}: {clip_id + 1}/{num_clips}', flush=True)
+    # What each clip shows, for error analysis: is a mistake the still item's class?
+    with open(f'{out_dir}_clips.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     return counts
 
 
