@@ -16,6 +16,8 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from mmvit_plugin.models import onednn_ops
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = REPO / 'configs' / '_base_' / 'models'
 
@@ -54,8 +56,10 @@ def measure(config: Path, shape: Optional[Sequence[int]] = None) -> Tuple[int, f
     """(parameters, GFLOPs, input shape) of the model of ``config``."""
     model, video = build_model(config)
     backbone = model.backbone
-    for block in backbone.blocks:  # the explicit path, whose matmuls the analyzer counts
-        block.attn.attn_impl = 'math'
+    # The plain path with standard ops: the analyzer traces it and counts every matmul.
+    onednn_ops.set_enabled(False)
+    for block in backbone.blocks:
+        block.attn.attn_impl = 'plain'
     shape = tuple(shape) if shape else tuple(backbone.img_size)
     if len(shape) != (3 if video else 2):
         sys.exit(f'--shape {shape}: this {"video" if video else "image"} model needs '

@@ -83,12 +83,13 @@ def write_rows(rows: List[Dict], path: str) -> None:
 
 def format_metrics(metrics: Dict[str, float]) -> str:
     """One line with top-1/top-5 first (accuracy/top1 -> 'top-1: 91.23%'), then the rest."""
+    # mmpretrain's Accuracy reports percentages, mmaction2's AccMetric fractions.
+    percent_scale = {'accuracy/top1': 1, 'accuracy/top5': 1, 'acc/top1': 100, 'acc/top5': 100}
     parts = []
-    for key in ('accuracy/top1', 'accuracy/top5', 'acc/top1', 'acc/top5'):
+    for key, scale in percent_scale.items():
         if key in metrics:
-            parts.append(f'top-{key[-1]}: {metrics[key]:.2f}%')
-    parts += [f'{k}: {v}' for k, v in metrics.items()
-              if k not in ('accuracy/top1', 'accuracy/top5', 'acc/top1', 'acc/top5')]
+            parts.append(f'top-{key[-1]}: {metrics[key] * scale:.2f}%')
+    parts += [f'{k}: {v}' for k, v in metrics.items() if k not in percent_scale]
     return '  '.join(parts)
 
 

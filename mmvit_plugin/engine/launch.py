@@ -105,7 +105,7 @@ def shutdown_distributed() -> None:
 
 
 def apply_dataloader_defaults(cfg: Config, persistent_workers: bool = True) -> None:
-    """Fill pin_memory / persistent_workers / collate_fn where the config leaves them unset.
+    """Fill pin_memory / persistent_workers (and mmpretrain's collate_fn) where the config leaves them unset.
 
     persistent_workers is only turned on with worker processes (torch rejects it with
     num_workers=0), pin_memory only with a GPU.
@@ -114,7 +114,8 @@ def apply_dataloader_defaults(cfg: Config, persistent_workers: bool = True) -> N
         loader = cfg.get(field)
         if not loader:
             continue
-        loader.setdefault('collate_fn', dict(type='default_collate'))
+        if cfg.get('default_scope') == 'mmpretrain':  # mmaction2 needs the Runner's pseudo_collate
+            loader.setdefault('collate_fn', dict(type='default_collate'))
         loader.setdefault('pin_memory', has_gpu())
         has_workers = int(loader.get('num_workers', 0)) > 0
         loader.setdefault('persistent_workers', persistent_workers and has_workers)

@@ -25,6 +25,7 @@ def test_slurm_env_is_translated_for_torch():
 
 def test_dataloader_defaults_respect_worker_count_and_user_values():
     cfg = Config(dict(
+        default_scope='mmpretrain',
         train_dataloader=dict(num_workers=0, persistent_workers=True),
         val_dataloader=dict(num_workers=2),
         test_dataloader=dict(num_workers=2, persistent_workers=False)))
@@ -34,6 +35,12 @@ def test_dataloader_defaults_respect_worker_count_and_user_values():
     assert cfg.test_dataloader.persistent_workers is False  # the user's choice is kept
     assert cfg.val_dataloader.pin_memory is torch.cuda.is_available()
     assert cfg.val_dataloader.collate_fn == dict(type='default_collate')
+
+
+def test_dataloader_defaults_leave_mmaction2_collate_to_the_runner():
+    cfg = Config(dict(default_scope='mmaction', val_dataloader=dict(num_workers=0)))
+    launch.apply_dataloader_defaults(cfg)
+    assert 'collate_fn' not in cfg.val_dataloader  # the Runner's pseudo_collate, as mmaction2 needs
 
 
 def test_resume_and_auto_scale_lr_switches():

@@ -214,3 +214,12 @@ def test_dist_train_two_cpu_processes_see_different_data(workspace, tmp_path):
     assert not set(seen[0]) & set(seen[1])
     assert len(set(seen[0]) | set(seen[1])) == 32
     assert osp.isfile(work_dir / 'epoch_1.pth')
+
+
+def test_format_metrics_prints_both_hosts_accuracies_as_percentages():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('test_tool', osp.join(REPO, 'tools', 'test.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.format_metrics({'accuracy/top1': 91.234}).startswith('top-1: 91.23%')
+    assert tool.format_metrics({'acc/top1': 0.795, 'acc/top5': 1.0}) == 'top-1: 79.50%  top-5: 100.00%'
