@@ -10,6 +10,7 @@ _base_ = ['./mvitv2_b_32x3_k400.py']
 custom_hooks = [
     dict(type='EpochSeedHook'),
     dict(type='WeightInflationHook', checkpoint='checkpoints/MViTv2_B_in21k.pyth'),
+    dict(type='CheckpointFormatHook'),
 ]
 
 # SlowFast publishes no Kinetics recipe that starts from ImageNet weights: this schedule is our

@@ -15,4 +15,5 @@ custom_hooks = [
     dict(type='EpochSeedHook'),
     dict(type='WeightInflationHook', checkpoint='work_dirs/quickstart_image/epoch_4.pth',
          method='average'),
+    dict(type='CheckpointFormatHook'),
 ]

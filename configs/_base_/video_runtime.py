@@ -11,7 +11,9 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
 # Seeds every epoch from (seed, epoch, rank): a resumed run replays an uninterrupted one.
-custom_hooks = [dict(type='EpochSeedHook')]
+# CheckpointFormatHook lets load_from (and tools/test.py CONFIG CKPT) take every MViTv2
+# checkpoint format: official .pyth, SlowFast, mmpretrain, mmaction2, timm, torchvision.
+custom_hooks = [dict(type='EpochSeedHook'), dict(type='CheckpointFormatHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,
