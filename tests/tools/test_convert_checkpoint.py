@@ -18,14 +18,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: the models here are tiny, and on a shared 2-core machine OpenMP
-    threads waiting for each other made every op ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def load_tool():
