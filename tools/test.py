@@ -139,3 +139,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
+    launch.end_distributed_process()

@@ -83,3 +83,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
+    launch.end_distributed_process()

@@ -9,8 +9,10 @@
   ``CPUAutocastOptimWrapper`` (bfloat16 autocast, see ``optim``).
 """
 import datetime
+import logging
 import os
 import subprocess
+import sys
 from typing import Dict, Mapping, Optional
 
 import torch
@@ -93,11 +95,31 @@ def prepare_distributed(cfg: Config, launcher: str) -> None:
     cfg.model_wrapper_cfg = wrapper_cfg
 
 
+_group_torn_down = False
+
+
 def shutdown_distributed() -> None:
     """Wait for every rank, then tear the process group down before the interpreter exits."""
+    global _group_torn_down
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
         torch_dist.destroy_process_group()
+        _group_torn_down = True
+
+
+def end_distributed_process() -> None:
+    """Leave a process whose process group was torn down without interpreter teardown.
+
+    After a finished gloo run, tearing down the remaining C++ objects (DDP's reducer, gloo
+    threads) occasionally aborted a rank with "terminate called without an active exception",
+    failing a run whose work was complete. Everything is flushed first; tools call this last.
+    """
+    if not _group_torn_down:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------
