@@ -5,6 +5,7 @@ backbone is swapped for a tiny one, the dataset root for clips made in tmp_path 
 training run, the spatial sizes shrunk so that a CPU step takes a moment.
 """
 import copy
+import gzip
 import importlib.util
 import os
 import os.path as osp
@@ -152,7 +153,7 @@ def _load_prepare_tool():
 def _write_idx(path: str, array: np.ndarray) -> None:
     header = bytes([0, 0, 0x08, array.ndim]) + b''.join(
         int(n).to_bytes(4, 'big') for n in array.shape)
-    with open(path, 'wb') as f:
+    with gzip.open(path, 'wb') as f:  # the official names end in .gz
         f.write(header + array.astype(np.uint8).tobytes())
 
 
@@ -170,11 +171,10 @@ def test_quickstart_inflated_starts_from_the_image_weights(tmp_path):
     src.mkdir()
     rng = np.random.default_rng(0)
     for prefix, count in (('train', 40), ('t10k', 20)):
-        _write_idx(str(src / f'{prefix}-images-idx3-ubyte'),
+        _write_idx(str(src / f'{prefix}-images-idx3-ubyte.gz'),
                    rng.integers(0, 256, (count, 28, 28)))
-        _write_idx(str(src / f'{prefix}-labels-idx1-ubyte'), np.arange(count) % 10)
+        _write_idx(str(src / f'{prefix}-labels-idx1-ubyte.gz'), np.arange(count) % 10)
     prepare = _load_prepare_tool()
-    prepare.IDX_FILES = {k: tuple(n[:-3] for n in v) for k, v in prepare.IDX_FILES.items()}
     data_root = str(tmp_path / 'moving')
     summary = prepare.build(str(src), data_root, dict(train=20, val=10, test=10),
                             num_frames=16, cell=32, seed=0, force=False)

@@ -18,52 +18,21 @@ A finished build is left alone unless --force.
 """
 import argparse
 import csv
-import gzip
 import json
 import os
 import os.path as osp
 import shutil
-import struct
 import sys
-from typing import Dict, Tuple
+from typing import Dict
 
 import cv2
 import numpy as np
 
-CLASS_NAMES = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
-               'Sneaker', 'Bag', 'Ankle_boot')
-IDX_FILES = {
-    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
-}
+# The Fashion-MNIST reader and class-folder names are the image converter's (same folder).
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from prepare_fashion_mnist import CLASS_NAMES, class_folder, load_split  # noqa: E402
+
 DONE_MARKER = '.complete.json'
-
-
-def read_idx(path: str) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (optionally gzipped) into an array of its shape."""
-    opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'rb') as f:
-        data = f.read()
-    if len(data) < 4 or data[:2] != b'\x00\x00' or data[2] != 0x08:
-        raise ValueError(f'{path}: not an IDX file of unsigned bytes')
-    ndim = data[3]
-    shape = struct.unpack(f'>{ndim}I', data[4:4 + 4 * ndim])
-    payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if payload.size != int(np.prod(shape)):
-        raise ValueError(f'{path}: holds {payload.size} values, header says {shape}')
-    return payload.reshape(shape)
-
-
-def load_fashion_mnist(src: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
-    image_file, label_file = (osp.join(src, name) for name in IDX_FILES[split])
-    for path in (image_file, label_file):
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{path} not found: install the Debian package '
-                                    'dataset-fashion-mnist or pass --src')
-    images, labels = read_idx(image_file), read_idx(label_file)
-    if len(images) != len(labels) or labels.max() >= len(CLASS_NAMES):
-        raise ValueError(f'{src}: {split} images {images.shape} / labels {labels.shape} disagree')
-    return images, labels
 
 
 def bounce_positions(num_frames: int, slack: int, start: int, step: int) -> np.ndarray:
@@ -119,10 +88,6 @@ def split_pool(labels: np.ndarray, val_fraction: float, rng: np.random.Generator
         val.append(members[:take])
         train.append(members[take:])
     return dict(train=np.concatenate(train), val=np.concatenate(val))
-
-
-def class_folder(label: int) -> str:
-    return f'{label}_{CLASS_NAMES[label]}'
 
 
 def build_split(out_dir: str, images: np.ndarray, labels: np.ndarray, pool: np.ndarray,
@@ -184,8 +149,8 @@ def build(src: str, out: str, sizes: Dict[str, int], num_frames: int, cell: int,
     os.makedirs(out, exist_ok=True)
 
     rng = np.random.default_rng(seed)
-    train_images, train_labels = load_fashion_mnist(src, 'train')
-    test_images, test_labels = load_fashion_mnist(src, 'test')
+    train_images, train_labels = load_split(src, 'train')
+    test_images, test_labels = load_split(src, 'test')
     pools = split_pool(train_labels, sizes['val'] / (sizes['train'] + sizes['val']), rng)
     counts = {}
     for split in ('train', 'val', 'test'):
