@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from ..models.rel_pos import resize_rel_pos_table
+from ..core.rel_pos import resize_rel_pos_table
 from .formats import HEAD_PREFIX
 
 StateDict = Dict[str, torch.Tensor]

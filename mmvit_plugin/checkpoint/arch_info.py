@@ -84,7 +84,7 @@ def infer_arch(state: Mapping[str, torch.Tensor]) -> CheckpointArch:
 
 def matching_arch_names(arch: CheckpointArch) -> List[str]:
     """Named plugin archs with this shape, cls token ignored (e.g. ['base', 'base-in21k'])."""
-    from ..models.mvitv2 import ARCHS
+    from ..core.arch import ARCHS
     return [name for name, known in ARCHS.items()
             if (known.embed_dim, known.depth, known.num_heads, known.stage_starts,
                 known.dim_mul_in_att, known.video, known.mlp_ratio) ==
@@ -118,7 +118,7 @@ def decide_cls_token(arch: CheckpointArch, fmt: str,
     if from_cfg is not None:
         return from_cfg, f'the file\'s cfg says MVIT.CLS_EMBED_ON: {from_cfg}'
     if fmt == 'official' and not arch.video and arch.num_classes != IN21K_CLASSES:
-        from ..models.mvitv2 import ARCHS
+        from ..core.arch import ARCHS
         names = matching_arch_names(arch)
         if any(not ARCHS[name].with_cls_token for name in names):
             return False, ('official in1k image files carry an unused cls_token; the matching '
@@ -128,7 +128,7 @@ def decide_cls_token(arch: CheckpointArch, fmt: str,
 
 def arch_name_for(arch: CheckpointArch, with_cls_token: bool) -> Optional[str]:
     """The plugin arch name matching these weights, or None for a custom size."""
-    from ..models.mvitv2 import ARCHS
+    from ..core.arch import ARCHS
     names = [n for n in matching_arch_names(arch) if ARCHS[n].with_cls_token == with_cls_token]
     return names[0] if names else None
 

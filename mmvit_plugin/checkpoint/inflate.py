@@ -23,7 +23,7 @@ import torch
 
 from .adapt import (REL_POS_KEY, STAGE_NORM_KEY, ArchitectureMismatchError, KeyReport,
                     StateDict, _fit_head, _shape, mismatch_message)
-from ..models.rel_pos import resize_rel_pos_table
+from ..core.rel_pos import resize_rel_pos_table
 from .formats import HEAD_PREFIX, PATCH_WEIGHT
 
 INFLATION_METHODS = ('center', 'average')

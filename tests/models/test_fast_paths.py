@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from mmvit_plugin.models import onednn_ops
 from mmvit_plugin.models.mvitv2 import MViTv2, pool_then_norm
-from mmvit_plugin.models.rel_pos import (decomposed_rel_pos_bias, key_coordinate_indicator,
+from mmvit_plugin.core.rel_pos import (decomposed_rel_pos_bias, key_coordinate_indicator,
                                          rel_pos_query_terms, rel_pos_table_length)
 
 needs_onednn = pytest.mark.skipif(not onednn_ops.is_enabled(),

@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from mmvit_plugin.models.rel_pos import (decomposed_rel_pos_bias, rel_pos_index,
+from mmvit_plugin.core.rel_pos import (decomposed_rel_pos_bias, rel_pos_index,
                                          rel_pos_table_length, resize_rel_pos_table)
 
 

@@ -1,0 +1,1 @@
+"""Framework-free core: architecture table and geometry, block specs, relative positions."""
