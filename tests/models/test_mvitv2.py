@@ -108,8 +108,7 @@ def test_image_parity_with_mmpretrain_tiny():
     with torch.no_grad():
         expected = peer(x)[0]
         for impl in ('math', 'sdpa'):
-            for block in ours.blocks:
-                block.attn.attn_impl = impl
+            ours.set_attn_impl(impl)
             torch.testing.assert_close(ours(x)[0], expected, rtol=0, atol=1e-5)
 
 
@@ -188,8 +187,7 @@ def test_sdpa_and_math_paths_agree_with_gradients():
     x = torch.randn(2, 3, 4, 64, 64)
     results = []
     for impl in ('math', 'sdpa'):
-        for block in model.blocks:
-            block.attn.attn_impl = impl
+        model.set_attn_impl(impl)
         model.zero_grad()
         out = model(x)[0]
         out.square().mean().backward()
@@ -287,3 +285,69 @@ def test_bad_outputs_are_named():
         MViTv2(TINY_IMAGE, out_type='cls_token')
     with pytest.raises(ValueError, match='out_indices entry 4 is out of range'):
         MViTv2(TINY_IMAGE, out_indices=(4,))
+
+
+# Tracing, FLOP counting and initialisation ---------------------------------------------------
+
+def _imagenet_tiny():
+    cfg = Config.fromfile(str(CONFIGS / 'mvitv2_t_imagenet.py'))
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import MODELS
+    return MODELS.build(cfg.model).backbone.eval()
+
+
+def test_complexity_and_trace_of_the_default_model_need_no_switch():
+    """mmengine's FLOP counter and torch.jit.trace get standard ops automatically."""
+    from mmengine.analysis import get_model_complexity_info
+    backbone = _imagenet_tiny()
+    assert backbone.attn_impl == 'auto'
+    info = get_model_complexity_info(backbone, input_shape=(3, 224, 224), show_table=False,
+                                     show_arch=False)
+    assert info['params'] == count_parameters(backbone)
+    assert info['flops'] > 1e9  # tools/get_flops.py counts the reference path (4.7G)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        traced = torch.jit.trace(backbone, x, check_trace=False)
+        torch.testing.assert_close(traced(x)[0], backbone(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_init_cfg_goes_through_the_weight_initializer_registry():
+    from mmengine.registry import WEIGHT_INITIALIZERS
+    calls = []
+    registered = 'MViTv2Pretrained' in WEIGHT_INITIALIZERS.module_dict
+
+    class Recorder:
+        def __init__(self, checkpoint, **kwargs):
+            calls.append(('built', checkpoint, kwargs))
+
+        def __call__(self, module):
+            calls.append(('called', module))
+
+    if not registered:  # the checkpoint package registers the real one
+        WEIGHT_INITIALIZERS.register_module('MViTv2Pretrained', module=Recorder)
+    try:
+        model = MViTv2(TINY_IMAGE, init_cfg=dict(type='Pretrained', checkpoint='x.pth'))
+        if registered:
+            pytest.skip('the real MViTv2Pretrained is registered: tested with the checkpoint '
+                        'package')
+        model.init_weights()
+    finally:
+        if not registered:
+            WEIGHT_INITIALIZERS.module_dict.pop('MViTv2Pretrained')
+    assert calls == [('built', 'x.pth', {}), ('called', model)]
+
+
+def test_models_never_import_the_checkpoint_package():
+    import ast
+    models = Path(__file__).resolve().parents[2] / 'mmvit_plugin' / 'models'
+    for path in models.glob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.ImportFrom):
+                base = ('mmvit_plugin.' if node.level else '') + (node.module or '')
+                modules = [base] + [f'{base}.{a.name}' for a in node.names]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            assert not any(m.startswith('mmvit_plugin.checkpoint') or m == 'mmvit_plugin..checkpoint'
+                           or m.startswith('mmvit_plugin..checkpoint') for m in modules), \
+                f'{path.name}:{node.lineno} imports the checkpoint package'

@@ -4,8 +4,9 @@ import itertools
 import pytest
 import torch
 
-from mmvit_plugin.core.rel_pos import (decomposed_rel_pos_bias, rel_pos_index,
-                                         rel_pos_table_length, resize_rel_pos_table)
+from mmvit_plugin.core.rel_pos import (decomposed_rel_pos_bias, key_coordinate_indicator,
+                                       rel_pos_index, rel_pos_query_terms,
+                                       rel_pos_table_length, resize_rel_pos_table)
 
 
 @pytest.mark.parametrize('q_size,k_size', [(56, 14), (28, 28), (7, 14), (20, 19)])
@@ -43,3 +44,27 @@ def test_bias_equals_the_sum_over_axes(q_size, k_size):
             for axis, table in enumerate(tables):
                 expected[:, :, i, j] += q[:, :, i] @ table[index[axis][qc[axis], kc[axis]]]
     torch.testing.assert_close(bias, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('q_size,k_size,cls', [
+    ((6, 4), (3, 2), 0), ((4, 4), (4, 4), 1), ((3, 4, 6), (3, 2, 3), 1), ((2, 3, 3), (2, 3, 3), 0)])
+def test_extended_product_equals_logits_plus_bias(q_size, k_size, cls):
+    """Queries extended by their per-axis terms times keys extended by a coordinate one-hot."""
+    gen = torch.Generator().manual_seed(0)
+    BH, C = 4, 5
+    nq, nk = torch.Size(q_size).numel(), torch.Size(k_size).numel()
+    q = torch.randn(BH, nq, C, generator=gen)
+    k = torch.randn(BH, cls + nk, C, generator=gen)
+    tables = [torch.randn(rel_pos_table_length(a, b), C, generator=gen)
+              for a, b in zip(q_size, k_size)]
+
+    bias = decomposed_rel_pos_bias(q.unsqueeze(1), q_size, k_size, tables).squeeze(1)
+    expected = q @ k.transpose(1, 2) * 0.5
+    expected[:, :, cls:] += bias
+
+    terms = rel_pos_query_terms(q, q_size, k_size, tables)
+    q_ext = torch.cat([(q * 0.5).view(terms[0].shape[:2] + (C,))] + terms, -1).view(BH, nq, -1)
+    indicator = key_coordinate_indicator(k_size, cls, q.device, q.dtype)
+    assert indicator.shape == (cls + nk, sum(k_size))
+    k_ext = torch.cat((k, indicator.expand(BH, -1, -1)), dim=-1)
+    torch.testing.assert_close(q_ext @ k_ext.transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
