@@ -587,8 +587,8 @@ class MViTv2(BaseModule):
         size = tuple(x.shape[2:])
         if all(type(side) is int for side in size):  # symbolic sizes (export) are not checked
             try:
-                check_input_size(size, self.arch)
-            except ValueError as error:
+                check_input_size(size, self.arch, what='input size')
+            except ValueError as error:  # the message img_size gets at build, for the input
                 raise ValueError(f'MViTv2 input of shape {tuple(x.shape)}: {error}') from None
 
     def _stage_output(self, x: torch.Tensor, size: Size, stage: int):
