@@ -68,3 +68,21 @@ def test_extended_product_equals_logits_plus_bias(q_size, k_size, cls):
     assert indicator.shape == (cls + nk, sum(k_size))
     k_ext = torch.cat((k, indicator.expand(BH, -1, -1)), dim=-1)
     torch.testing.assert_close(q_ext @ k_ext.transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_does_not_poison_the_index_cache():
+    """Export runs on fake tensors: they must never land in the eager cache (issue 11.4)."""
+    import torch.nn as nn
+
+    class Bias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tables = nn.ParameterList([nn.Parameter(torch.randn(15, 4)) for _ in range(2)])
+
+        def forward(self, q):
+            return decomposed_rel_pos_bias(q, (8, 8), (4, 4), list(self.tables))
+    model = Bias().eval()
+    q = torch.randn(2, 1, 64, 4)
+    with torch.no_grad():
+        torch.export.export(model, (q,))
+        model(q).numpy()  # a cached fake tensor would fail here
