@@ -282,6 +282,7 @@ def make_train_step(model: nn.Module, x: torch.Tensor, device: torch.device,
 # Command line ------------------------------------------------------------------------------------
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    from mmvit_plugin.models.mvitv2 import ATTN_IMPLS
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', default='tiny',
                         help='our arch name: tiny/small/base/large (peer: mmpretrain) or '
@@ -298,8 +299,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=5, help='timed steps per model and mode')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps per model and mode')
     parser.add_argument('--threads', type=int, default=2, help='torch.set_num_threads (CPU)')
-    parser.add_argument('--attn-impl', choices=('auto', 'sdpa', 'math'), default='auto',
-                        help='our attention implementation')
+    parser.add_argument('--attn-impl', choices=ATTN_IMPLS, default='auto',
+                        help="our attention implementation (see MViTv2's attn_impl)")
     parser.add_argument('--compile', choices=('none', 'ours', 'both'), default='none',
                         help='torch.compile our model, or both models')
     parser.add_argument('--with-cp', action='store_true',

@@ -21,6 +21,7 @@ _GEOMETRY_DEFAULTS: Dict[str, Tuple[Size, Size]] = {
     'first_kv_stride': ((4, 4), (1, 8, 8)),
 }
 GEOMETRY_FIELDS = tuple(_GEOMETRY_DEFAULTS)
+_DEFAULT_SIZE = ((224, 224), (16, 224, 224))
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class MViTv2Arch:
     ``stage_starts`` are the blocks where queries are pooled with ``q_stride`` and the width
     and head count double, so the model has four stages. The geometry fields (patch
     kernel/stride/padding, pooling kernel, query stride, first key/value stride) default to
-    the published values of the modality (``video``).
+    the published values of the modality (``video``); ``img_size`` (the training input size)
+    defaults to 224 x 224 pixels (and 16 frames).
     """
     embed_dim: int
     depth: int
@@ -39,7 +41,7 @@ class MViTv2Arch:
     dim_mul_in_att: bool = True
     with_cls_token: bool = False
     video: bool = False
-    img_size: Tuple[int, ...] = (224, 224)
+    img_size: Optional[Tuple[int, ...]] = None
     drop_path_rate: float = 0.1
     mlp_ratio: float = 4.0
     patch_kernel: Optional[Size] = None
@@ -69,7 +71,7 @@ class MViTv2Arch:
             value = getattr(self, name)
             value = defaults[self.video] if value is None else tuple(value)
             if len(value) != ndim or not all(isinstance(v, int) for v in value):
-                fail(name, f'needs {ndim} ints for a {"video" if self.video else "image"} '
+                fail(name, f"needs {ndim} ints for {'a video' if self.video else 'an image'} "
                      f'arch, got {value}')
             least = 0 if name == 'patch_padding' else 1
             if any(v < least for v in value):
@@ -77,7 +79,8 @@ class MViTv2Arch:
             object.__setattr__(self, name, value)
         if not self.mlp_ratio > 0:
             fail('mlp_ratio', f'must be positive, got {self.mlp_ratio}')
-        object.__setattr__(self, 'img_size', check_input_size(self.img_size, self))
+        size = self.img_size if self.img_size is not None else _DEFAULT_SIZE[self.video]
+        object.__setattr__(self, 'img_size', check_input_size(size, self))
         if not 0.0 <= self.drop_path_rate < 1.0:
             fail('drop_path_rate', f'must be in [0, 1), got {self.drop_path_rate}')
 
@@ -88,18 +91,23 @@ class MViTv2Arch:
         return tuple(p * q for p, q in zip(self.patch_stride, pooled))
 
 
-def check_input_size(size: Union[int, Sequence[int]], arch: MViTv2Arch) -> Size:
-    """Normalise an input size to (H, W) or (T, H, W) and reject sizes ``arch`` cannot use."""
+def check_input_size(size: Union[int, Sequence[int]], arch: MViTv2Arch,
+                     what: str = 'img_size') -> Size:
+    """Normalise an input size to (H, W) or (T, H, W) and reject sizes ``arch`` cannot use.
+
+    The smallest usable side is derived from the arch's patch stride and query stride (the last
+    stage needs at least one cell); ``what`` names the size in the message.
+    """
     video = arch.video
     want = 3 if video else 2
     if isinstance(size, int):
         if video:
-            raise ValueError(f'img_size={size}: a video MViTv2 needs (frames, height, width)')
+            raise ValueError(f'{what}={size}: a video MViTv2 needs (frames, height, width)')
         size = (size, size)
     size = tuple(size)
     if len(size) != want or not all(isinstance(s, int) for s in size):
         layout = '(frames, height, width)' if video else '(height, width)'
-        raise ValueError(f'img_size={size}: a {"video" if video else "image"} MViTv2 needs '
+        raise ValueError(f'{what}={size}: a {"video" if video else "image"} MViTv2 needs '
                          f'{want} ints {layout}')
     # The tables are sized with floor division, so the last stage needs at least one cell.
     names = ('frames', 'height', 'width')[-want:]
@@ -108,7 +116,7 @@ def check_input_size(size: Union[int, Sequence[int]], arch: MViTv2Arch) -> Size:
             why = (f'the patch stride is {patch} and later stages pool it by '
                    f'{factor // patch}' if factor != patch else f'the patch stride is {patch}')
             unit = 'frames' if name == 'frames' else 'pixels'
-            raise ValueError(f'img_size={size}: {name} {side} is too small; {why}, so it needs '
+            raise ValueError(f'{what}={size}: {name} {side} is too small; {why}, so it needs '
                              f'at least {factor} {unit}')
     return size
 

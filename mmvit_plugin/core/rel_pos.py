@@ -27,12 +27,33 @@ def resize_rel_pos_table(table: torch.Tensor, length: int) -> torch.Tensor:
     return resized.squeeze(0).t()
 
 
-@functools.lru_cache(maxsize=256)
+def _cache_usable(*sizes: int) -> bool:
+    """Whether index tensors may come from (and go into) the caches below.
+
+    Not for symbolic sizes (dynamic export/compilation: unhashable), nor while a graph is
+    captured (export/compilation run on fake tensors, which must never be cached).
+    """
+    if not all(type(s) is int for s in sizes):
+        return False
+    compiler = getattr(torch, 'compiler', None)
+    return not (compiler is not None
+                and (getattr(compiler, 'is_compiling', lambda: False)()
+                     or getattr(compiler, 'is_exporting', lambda: False)()))
+
+
 def rel_pos_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
     """(q_size, k_size) indices into a table of length ``rel_pos_table_length(q, k)``.
 
-    Cached: every block with the same grids reuses one index tensor (never written to).
+    Cached in eager mode: every block with the same grids reuses one index tensor (never
+    written to).
     """
+    if _cache_usable(q_size, k_size):
+        return _cached_rel_pos_index(q_size, k_size, device)
+    return _rel_pos_index(q_size, k_size, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_rel_pos_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False):  # cached: must stay usable outside inference mode
         return _rel_pos_index(q_size, k_size, device)
 
@@ -144,4 +165,8 @@ def key_coordinate_indicator(k_size: Size, leading_zero_rows: int, device: torch
     product gives q . k plus the decomposed relative-position bias. Leading zero rows stand for
     keys that get no bias (the cls token).
     """
-    return _key_coordinate_indicator(tuple(k_size), leading_zero_rows, device).to(dtype)
+    if _cache_usable(*k_size, leading_zero_rows):
+        indicator = _key_coordinate_indicator(tuple(k_size), leading_zero_rows, device)
+    else:
+        indicator = _build_key_coordinate_indicator(tuple(k_size), leading_zero_rows, device)
+    return indicator.to(dtype)

@@ -1,7 +1,10 @@
 """MViTv2 backbone: one implementation for images (2D) and inflated video models (3D).
 
-Module and parameter names follow the official facebookresearch/mvit and SlowFast code, so their
-``model_state`` dicts load without renaming (see ``mmvit_plugin.checkpoint`` for other formats).
+Read it like the official ``attention.py`` + ``mvit_model.py``: patch embedding, pooling
+attention (a reference class and a fast one), MLP, block, backbone. Module and parameter names
+follow the official facebookresearch/mvit and SlowFast code, so their ``model_state`` dicts load
+without renaming (see ``mmvit_plugin.checkpoint`` for other formats). The kernels the fast
+classes call live in ``mmvit_plugin.ops``; the architecture table in ``mmvit_plugin.core``.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -12,14 +15,17 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
+from .. import ops
 from ..core.arch import (ARCHS, NUM_STAGES, BlockSpec, MViTv2Arch, block_specs,
                          check_input_size, resolve_arch)
 from ..core.rel_pos import (Size, decomposed_rel_pos_bias, key_coordinate_indicator,
                             rel_pos_query_terms)
 from ..registry import register_model
-from . import onednn_ops
 
 LN_EPS = 1e-6
+
+# 'plain' builds the reference classes; the others the fast ones with that attention kernel.
+ATTN_IMPLS = ('plain',) + ops.ATTENTION_KERNELS
 
 
 def _split_cls(x: torch.Tensor, with_cls_token: bool, dim: int):
@@ -28,89 +34,43 @@ def _split_cls(x: torch.Tensor, with_cls_token: bool, dim: int):
     return None, x
 
 
-class _PoolNorm(torch.autograd.Function):
-    """LayerNorm(depthwise conv(x)) over channels, keeping only x for the backward.
-
-    The conv output (the LayerNorm's input) is recomputed in the backward, which costs one
-    cheap depthwise conv and saves storing a tensor per pooled q, k and v.
-    """
-
-    @staticmethod
-    def forward(ctx, x, conv_weight, norm_weight, norm_bias, stride, padding, eps):
-        ndim = x.dim() - 2
-        conv_args = (stride, padding, (1,) * ndim, False, (0,) * ndim, x.shape[1])
-        pooled = torch.ops.aten.convolution(x, conv_weight, None, *conv_args)
-        tokens = pooled.flatten(2).transpose(1, 2)
-        out, mean, rstd = torch.native_layer_norm(tokens, (x.shape[1],), norm_weight,
-                                                  norm_bias, eps)
-        ctx.save_for_backward(x, conv_weight, norm_weight, norm_bias, mean, rstd)
-        ctx.conv_args = conv_args
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, conv_weight, norm_weight, norm_bias, mean, rstd = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        pooled = torch.ops.aten.convolution(x, conv_weight, None, *ctx.conv_args)
-        tokens = pooled.flatten(2).transpose(1, 2)
-        grad_tokens, grad_norm_w, grad_norm_b = torch.ops.aten.native_layer_norm_backward(
-            grad_out, tokens, (x.shape[1],), mean, rstd, norm_weight, norm_bias,
-            [True, needs[2], needs[3]])
-        grad_pooled = grad_tokens.transpose(1, 2).view(pooled.shape)
-        grad_x, grad_conv_w, _ = torch.ops.aten.convolution_backward(
-            grad_pooled, x, conv_weight, None, *ctx.conv_args, [needs[0], needs[1], False])
-        return grad_x, grad_conv_w, grad_norm_w, grad_norm_b, None, None, None
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(N, *grid, C) -> (N, C, *grid); positive dims only (the legacy ONNX exporter needs them)."""
+    return x.movedim(x.dim() - 1, 1)
 
 
-def pool_then_norm(x: torch.Tensor, pool: nn.Module, norm: nn.LayerNorm) -> torch.Tensor:
-    """``norm(pool(x).flatten(2).transpose(1, 2))`` for a depthwise ``pool`` conv."""
-    if torch.is_grad_enabled() and not onednn_ops.autocast_enabled(x.device.type):
-        return _PoolNorm.apply(x, pool.weight, norm.weight, norm.bias, pool.stride,
-                               pool.padding, norm.eps)
-    return norm(pool(x).flatten(2).transpose(1, 2))
+class PatchEmbed(nn.Module):
+    """Strided conv from pixels to patch tokens, (B, C, [T,] H, W) -> (B, N, dim) and the grid."""
+
+    def __init__(self, arch: MViTv2Arch, in_channels: int) -> None:
+        super().__init__()
+        conv = nn.Conv3d if arch.video else nn.Conv2d
+        self.proj = conv(in_channels, arch.embed_dim, arch.patch_kernel, arch.patch_stride,
+                         arch.patch_padding)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Size]:
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
 
 
-ATTN_IMPLS = ('auto', 'onednn', 'sdpa', 'math', 'plain')
-
-
-def _linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False,
-            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return onednn_ops.linear(x, layer.weight, layer.bias, gelu=gelu, residual=residual)
-
+# Attention -------------------------------------------------------------------------------------
 
 class PoolingAttention(nn.Module):
     """Multi-head pooling attention with decomposed relative positions and residual pooling.
 
-    ``attn_impl`` picks how the attention is computed; all give the same result:
-
-    - 'onednn': per (batch, head) attention with oneDNN matrix products on the CPU (fp32); the
-      probabilities are recomputed in the backward, so no attention matrix is stored
-      (``onednn_ops.attention``; falls back to 'math' where oneDNN does not apply).
-    - 'sdpa': fused ``F.scaled_dot_product_attention`` (no attention matrix is stored).
-    - 'math': explicit attention matrix (bmm, softmax, bmm).
-    - 'auto': 'onednn' where it applies (CPU, fp32, no autocast), else 'sdpa' while training
-      or on a GPU and 'math' for CPU inference (see ``_kernel``).
-    - 'plain': the formula written out with a materialised bias tensor and standard layers;
-      slow, kept as the reference the others are tested against.
-
-    The fast paths never build the (Nq, Nk) bias: the per-axis terms ``q . R`` are appended to
-    the queries and a one-hot of each key's coordinates to the keys, so the one q.k product
-    already contains the relative-position bias (``rel_pos.rel_pos_query_terms``).
+    The reference implementation (``attn_impl='plain'``): the formula written out with a
+    materialised (Nq, Nk) bias and standard layers. Slow; the fast class is tested against it.
     """
 
     def __init__(self, dim: int, att_dim: int, spec: BlockSpec, arch: MViTv2Arch,
-                 qkv_bias: bool = True, residual_pooling: bool = True,
-                 attn_impl: str = 'auto') -> None:
+                 qkv_bias: bool = True, residual_pooling: bool = True) -> None:
         super().__init__()
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}')
         self.num_heads = spec.num_heads
         self.head_dim = att_dim // spec.num_heads
         self.att_dim = att_dim
         self.scale = self.head_dim ** -0.5
         self.with_cls_token = arch.with_cls_token
         self.residual_pooling = residual_pooling
-        self.attn_impl = attn_impl
 
         self.qkv = nn.Linear(dim, att_dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(att_dim, att_dim)
@@ -132,98 +92,20 @@ class PoolingAttention(nn.Module):
         tables = [self.rel_pos_h, self.rel_pos_w]
         return [self.rel_pos_t] + tables if hasattr(self, 'rel_pos_t') else tables
 
-    def _kernel(self, q: torch.Tensor) -> str:
-        if self.attn_impl != 'auto':
-            return self.attn_impl
-        if onednn_ops.usable(q):
-            return 'onednn'
-        return 'sdpa' if torch.is_grad_enabled() or q.device.type != 'cpu' else 'math'
-
-    # Fast paths -------------------------------------------------------------------------------
-
-    def _pool_fast(self, x: torch.Tensor, pool: nn.Module, norm: nn.Module, size: Size
-                   ) -> Tuple[Optional[torch.Tensor], torch.Tensor, Size]:
-        """(B, heads, [1 +] N, C) -> normed cls (B*heads, 1, C) or None, normed pooled patches
-        (B*heads, N', C) and the pooled grid."""
-        cls_tok, x = _split_cls(x, self.with_cls_token, dim=2)
-        B, heads, N, C = x.shape
-        # A dense (B*heads, N, C) is a channels-last (B*heads, C, *size) tensor: the depthwise
-        # conv runs on it without a layout change and returns channels-last too.
-        grid = x.reshape(B * heads, N, C).contiguous().view(B * heads, *size, C).movedim(-1, 1)
-        patches = pool_then_norm(grid, pool, norm)
-        pooled_size = tuple((side + 2 * pad - kernel) // stride + 1 for side, pad, kernel, stride
-                            in zip(size, pool.padding, pool.kernel_size, pool.stride))
-        if cls_tok is not None:  # a copy: a view would keep all of qkv alive for the backward
-            cls_tok = norm(cls_tok.reshape(B * heads, 1, C).clone())
-        return cls_tok, patches, pooled_size
-
-    def _forward_fast(self, x: torch.Tensor, size: Size,
-                      residual: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Size]:
-        B, N, _ = x.shape
-        heads, C = self.num_heads, self.head_dim
-        qkv = _linear(self.qkv, x).reshape(B, N, 3, heads, C).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q_cls, q, q_size = self._pool_fast(q, self.pool_q, self.norm_q, size)
-        k_cls, k, k_size = self._pool_fast(k, self.pool_k, self.norm_k, size)
-        v_cls, v, _ = self._pool_fast(v, self.pool_v, self.norm_v, size)
-        if self.with_cls_token:
-            k = torch.cat((k_cls, k), dim=1)
-            v = torch.cat((v_cls, v), dim=1)
-        BH, num_q, _ = q.shape
-
-        # Queries extended by their relative-position terms, keys by their coordinates: the
-        # q.k product then already holds the decomposed bias.
-        terms = rel_pos_query_terms(q, q_size, k_size, self.rel_pos_tables())
-        q_terms = torch.cat(terms, dim=-1).view(BH, num_q, -1)
-        indicator = key_coordinate_indicator(k_size, int(self.with_cls_token), q.device,
-                                             k.dtype)
-        extra = indicator.shape[1]
-        k_ext = torch.cat((k, indicator.expand(BH, -1, -1)), dim=-1)
-        q_res = q if self.residual_pooling else None
-
-        kernel = self._kernel(q)
-        if kernel in ('onednn', 'math'):
-            out = onednn_ops.attention(q, k_ext, v, self.scale, q_terms, q_res, heads,
-                                       allow_onednn=kernel == 'onednn')
-        else:  # 'sdpa'
-            # Fused kernels want equal q/k/v widths (GPU ones a multiple of 8): zero columns
-            # change no logit, and the extra output columns are dropped.
-            width = -(-(C + extra) // 8) * 8
-            q_ext = F.pad(torch.cat((q * self.scale, q_terms), dim=-1), (0, width - C - extra))
-
-            def heads_first(t: torch.Tensor) -> torch.Tensor:
-                t = F.pad(t, (0, width - t.shape[-1]))
-                return t.view(B, heads, t.shape[1], width)
-            out = F.scaled_dot_product_attention(
-                heads_first(q_ext), heads_first(k_ext), heads_first(v), scale=1.0)[..., :C]
-            # The fused kernel returns (B, heads, Nq, C) laid out as (B, Nq, heads, C); adding
-            # the residual with ``out`` first keeps that layout, so the merge below is free.
-            out = out.transpose(1, 2)
-            if q_res is not None:
-                out = out + q_res.view(B, heads, num_q, C).transpose(1, 2)
-            out = out.reshape(B, num_q, self.att_dim)
-
-        if self.with_cls_token:  # one query, no relative position and no residual
-            q_cls = F.pad(q_cls * self.scale, (0, extra))
-            attn = torch.bmm(q_cls, k_ext.transpose(1, 2)).softmax(dim=-1)
-            cls_out = torch.bmm(attn, v).view(B, heads * C).unsqueeze(1)
-            out = torch.cat((cls_out, out), dim=1)
-        return _linear(self.proj, out, residual=residual), q_size
-
-    # Reference path ----------------------------------------------------------------------------
-
     def _pool(self, x: torch.Tensor, pool: nn.Module, norm: nn.Module,
               size: Size) -> Tuple[torch.Tensor, Size]:
         cls_tok, x = _split_cls(x, self.with_cls_token, dim=2)
         B, heads, _, C = x.shape
-        x = pool(x.reshape(B * heads, *size, C).movedim(-1, 1))
+        x = pool(_channels_first(x.reshape(B * heads, *size, C)))
         pooled_size = tuple(x.shape[2:])
         x = x.flatten(2).transpose(1, 2).reshape(B, heads, -1, C)
         if cls_tok is not None:
             x = torch.cat((cls_tok, x), dim=2)
         return norm(x), pooled_size
 
-    def _forward_plain(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
+    def forward(self, x: torch.Tensor, size: Size,
+                residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Size]:
+        """Attention of the (B, [1 +] N, dim) tokens on the grid ``size``, plus ``residual``."""
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -239,19 +121,73 @@ class PoolingAttention(nn.Module):
         out = torch.matmul(attn.softmax(dim=-1), v)
         if self.residual_pooling:
             out = out + (F.pad(q_patch, (0, 0, 1, 0)) if self.with_cls_token else q)
-        out = out.transpose(1, 2).reshape(B, -1, self.att_dim)
-        return self.proj(out), q_size
+        out = self.proj(out.transpose(1, 2).reshape(B, -1, self.att_dim))
+        return (out if residual is None else out + residual), q_size
+
+
+class FastPoolingAttention(PoolingAttention):
+    """The same attention (same parameters) without building the (Nq, Nk) bias.
+
+    The per-axis terms ``q . R`` are appended to the queries and a one-hot of each key's
+    coordinates to the keys, so the one q.k product already contains the relative-position bias
+    (``core.rel_pos.rel_pos_query_terms``); the attention core is ``ops.attention`` with
+    ``kernel`` (one of ``ops.ATTENTION_KERNELS``), projections go through ``ops.linear``.
+    """
+
+    def __init__(self, *args, kernel: str = 'auto', **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.kernel = kernel
+
+    def _pool_fast(self, x: torch.Tensor, pool: nn.Module, norm: nn.Module, size: Size
+                   ) -> Tuple[Optional[torch.Tensor], torch.Tensor, Size]:
+        """(B, heads, [1 +] N, C) -> normed cls (B*heads, 1, C) or None, normed pooled patches
+        (B*heads, N', C) and the pooled grid."""
+        cls_tok, x = _split_cls(x, self.with_cls_token, dim=2)
+        B, heads, N, C = x.shape
+        # A dense (B*heads, N, C) is a channels-last (B*heads, C, *size) tensor: the depthwise
+        # conv runs on it without a layout change and returns channels-last too.
+        grid = _channels_first(x.reshape(B * heads, N, C).contiguous().view(B * heads, *size, C))
+        patches = ops.pool_then_norm(grid, pool, norm)
+        pooled_size = tuple((side + 2 * pad - kernel) // stride + 1 for side, pad, kernel, stride
+                            in zip(size, pool.padding, pool.kernel_size, pool.stride))
+        if cls_tok is not None:  # a copy: a view would keep all of qkv alive for the backward
+            cls_tok = norm(cls_tok.reshape(B * heads, 1, C).clone())
+        return cls_tok, patches, pooled_size
 
     def forward(self, x: torch.Tensor, size: Size,
                 residual: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Size]:
-        """Attention of the (B, [1 +] N, dim) tokens on the grid ``size``, plus ``residual``."""
-        if self.attn_impl == 'plain':
-            out, q_size = self._forward_plain(x, size)
-            return out if residual is None else out + residual, q_size
-        return self._forward_fast(x, size, residual)
+        B, N, _ = x.shape
+        heads, C = self.num_heads, self.head_dim
+        qkv = ops.linear(x, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.reshape(B, N, 3, heads, C).permute(2, 0, 3, 1, 4).unbind(0)
+        q_cls, q, q_size = self._pool_fast(q, self.pool_q, self.norm_q, size)
+        k_cls, k, k_size = self._pool_fast(k, self.pool_k, self.norm_k, size)
+        v_cls, v, _ = self._pool_fast(v, self.pool_v, self.norm_v, size)
+        if self.with_cls_token:
+            k = torch.cat((k_cls, k), dim=1)
+            v = torch.cat((v_cls, v), dim=1)
+        BH, num_q, _ = q.shape
 
+        terms = rel_pos_query_terms(q, q_size, k_size, self.rel_pos_tables())
+        q_terms = torch.cat(terms, dim=-1).view(BH, num_q, -1)
+        indicator = key_coordinate_indicator(k_size, int(self.with_cls_token), q.device,
+                                             k.dtype)
+        k_ext = torch.cat((k, indicator.expand(BH, -1, -1)), dim=-1)
+        out = ops.attention(q, k_ext, v, self.scale, q_terms,
+                            q if self.residual_pooling else None, heads, self.kernel)
+
+        if self.with_cls_token:  # one query, no relative position and no residual
+            q_cls = F.pad(q_cls * self.scale, (0, indicator.shape[1]))
+            attn = torch.bmm(q_cls, k_ext.transpose(1, 2)).softmax(dim=-1)
+            cls_out = torch.bmm(attn, v).view(B, heads * C).unsqueeze(1)
+            out = torch.cat((cls_out, out), dim=1)
+        return ops.linear(out, self.proj.weight, self.proj.bias, residual=residual), q_size
+
+
+# MLP and block -----------------------------------------------------------------------------------
 
 class Mlp(nn.Module):
+    """fc2(GELU(fc1(x))) (+ residual) with standard layers (the reference)."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -259,14 +195,33 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                plain: bool = False) -> torch.Tensor:
-        """fc2(GELU(fc1(x))) + residual; ``plain`` uses the standard layers only."""
-        if plain:
-            out = self.fc2(self.act(self.fc1(x)))
-            return out if residual is None else out + residual
-        return onednn_ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-                              residual=residual)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        out = self.fc2(self.act(self.fc1(x)))
+        return out if residual is None else out + residual
+
+
+class FastMlp(Mlp):
+    """The same MLP through ``ops.mlp`` (oneDNN on the CPU, GELU recomputed in the backward)."""
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                       residual=residual)
+
+
+class FastLinear(nn.Linear):
+    """``nn.Linear`` through ``ops.linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
+def _classes(attn_impl: str):
+    """(attention, MLP, linear) classes for ``attn_impl``."""
+    if attn_impl not in ATTN_IMPLS:
+        raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}')
+    if attn_impl == 'plain':
+        return PoolingAttention, Mlp, nn.Linear
+    return FastPoolingAttention, FastMlp, FastLinear
 
 
 class MViTv2Block(nn.Module):
@@ -276,41 +231,59 @@ class MViTv2Block(nn.Module):
                  qkv_bias: bool = True, residual_pooling: bool = True,
                  attn_impl: str = 'auto') -> None:
         super().__init__()
+        attn_cls, mlp_cls, linear_cls = _classes(attn_impl)
         dim, dim_out = spec.dim_in, spec.dim_out
         att_dim = dim_out if arch.dim_mul_in_att else dim
         self.dim_mul_in_att = arch.dim_mul_in_att
         self.with_cls_token = arch.with_cls_token
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = PoolingAttention(dim, att_dim, spec, arch, qkv_bias, residual_pooling,
-                                     attn_impl)
+        kernel = {} if attn_impl == 'plain' else {'kernel': attn_impl}
+        self.attn = attn_cls(dim, att_dim, spec, arch, qkv_bias, residual_pooling, **kernel)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(att_dim, eps=LN_EPS)
-        self.mlp = Mlp(att_dim, int(att_dim * arch.mlp_ratio), dim_out)
-        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.mlp = mlp_cls(att_dim, int(att_dim * arch.mlp_ratio), dim_out)
+        self.proj = linear_cls(dim, dim_out) if dim != dim_out else None
         if any(s > 1 for s in spec.q_stride):
-            kernel = tuple(s + 1 if s > 1 else s for s in spec.q_stride)
+            kernel_size = tuple(s + 1 if s > 1 else s for s in spec.q_stride)
             pool = nn.MaxPool3d if arch.video else nn.MaxPool2d
-            self.pool_skip = pool(kernel, spec.q_stride, tuple(k // 2 for k in kernel))
+            self.pool_skip = pool(kernel_size, spec.q_stride, tuple(k // 2 for k in kernel_size))
         else:
             self.pool_skip = None
+        self.attn_impl = attn_impl
+
+    def set_attn_impl(self, attn_impl: str) -> None:
+        """Switch to another implementation in place, keeping every parameter and buffer.
+
+        The reference and fast classes hold the same submodules and parameters, so the switch
+        only changes the class of ``attn``, ``mlp`` and ``proj`` (optimizer state, hooks and
+        devices stay valid).
+        """
+        attn_cls, mlp_cls, linear_cls = _classes(attn_impl)
+        self.attn.__class__ = attn_cls
+        if attn_impl != 'plain':
+            self.attn.kernel = attn_impl
+        elif hasattr(self.attn, 'kernel'):
+            del self.attn.kernel
+        self.mlp.__class__ = mlp_cls
+        if self.proj is not None:
+            self.proj.__class__ = linear_cls
+        self.attn_impl = attn_impl
 
     def _pooled_shortcut(self, x: torch.Tensor, size: Size) -> torch.Tensor:
         if self.pool_skip is None:
             return x
         cls_tok, x = _split_cls(x, self.with_cls_token, dim=1)
         B, _, C = x.shape
-        x = self.pool_skip(x.reshape(B, *size, C).movedim(-1, 1))
+        x = self.pool_skip(_channels_first(x.reshape(B, *size, C)))
         x = x.flatten(2).transpose(1, 2)
         return x if cls_tok is None else torch.cat((cls_tok, x), dim=1)
 
     def forward(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
-        plain = self.attn.attn_impl == 'plain'
-        # Without drop path the residual adds are fused into the projections that precede them.
-        fuse = not plain and (isinstance(self.drop_path, nn.Identity) or not self.training)
-        proj = (lambda t: self.proj(t)) if plain else (lambda t: _linear(self.proj, t))
+        # Without drop path the residual adds go into the layers (fused there on fast paths).
+        fuse = isinstance(self.drop_path, nn.Identity) or not self.training
         x_norm = self.norm1(x)
         if self.proj is not None and self.dim_mul_in_att:
-            x = proj(x_norm)
+            x = self.proj(x_norm)
         shortcut = self._pooled_shortcut(x, size)
         if fuse:
             x, out_size = self.attn(x_norm, size, residual=shortcut)
@@ -319,26 +292,92 @@ class MViTv2Block(nn.Module):
             x = shortcut + self.drop_path(attn_out)
         x_norm = self.norm2(x)
         if self.proj is not None and not self.dim_mul_in_att:
-            x = proj(x_norm)
+            x = self.proj(x_norm)
         if fuse:
             return self.mlp(x_norm, residual=x), out_size
-        return x + self.drop_path(self.mlp(x_norm, plain=plain)), out_size
+        return x + self.drop_path(self.mlp(x_norm)), out_size
 
 
-class PatchEmbed(nn.Module):
-
-    def __init__(self, arch: MViTv2Arch, in_channels: int) -> None:
-        super().__init__()
-        conv = nn.Conv3d if arch.video else nn.Conv2d
-        self.proj = conv(in_channels, arch.embed_dim, arch.patch_kernel, arch.patch_stride,
-                         arch.patch_padding)
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Size]:
-        x = self.proj(x)
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
-
+# Backbone --------------------------------------------------------------------------------------
 
 OUT_TYPES = ('featmap', 'avg_featmap', 'cls_token', 'featmap_and_cls')
+
+# mmaction2's MViT arch names are video models; here the bare names are the image models.
+MMACTION_ARCHS = {'small': 'small-16x4', 'base': 'base-32x3', 'large': 'large-40x3'}
+
+
+def _check_args(in_channels, frozen_stages, drop_path_rate, with_cp, residual_pooling,
+                qkv_bias) -> None:
+    def fail(name, value, want):
+        raise ValueError(f'MViTv2 argument {name}={value!r}: {want}')
+
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        fail('in_channels', in_channels, 'must be an int >= 1 (3 for RGB)')
+    if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) \
+            or not -1 <= frozen_stages <= NUM_STAGES:
+        fail('frozen_stages', frozen_stages,
+             f'must be an int in -1..{NUM_STAGES} (-1: nothing frozen, 0: the patch embedding, '
+             f'n: the patch embedding and the first n stages)')
+    if drop_path_rate is not None and not (isinstance(drop_path_rate, (int, float))
+                                           and 0.0 <= drop_path_rate < 1.0):
+        fail('drop_path_rate', drop_path_rate, 'must be a number in [0, 1) or None (the '
+             "arch's published rate)")
+    for name, value in (('with_cp', with_cp), ('residual_pooling', residual_pooling),
+                        ('qkv_bias', qkv_bias)):
+        if not isinstance(value, bool):
+            fail(name, value, 'must be True or False')
+
+
+def _arch_from_args(arch, img_size, spatial_size, temporal_size) -> Tuple[MViTv2Arch, object]:
+    """The arch and the requested input size, with mmaction2's keywords mapped or refused."""
+    mmaction_keys = [name for name, value in (('spatial_size', spatial_size),
+                                              ('temporal_size', temporal_size))
+                     if value is not None]
+    if isinstance(arch, str):
+        resolved = resolve_arch(arch)
+        if not resolved.video and arch.lower() in MMACTION_ARCHS and _in_mmaction_scope(
+                mmaction_keys):
+            video_name = MMACTION_ARCHS[arch.lower()]
+            why = (f'{" and ".join(mmaction_keys)} (mmaction2 MViT keywords) were given'
+                   if mmaction_keys else 'it is built in the mmaction scope')
+            raise ValueError(
+                f"MViTv2 arch={arch!r} is the image model here, but {why}: mmaction2's "
+                f"MViT {arch!r} is the video model MViTv2 calls {video_name!r}. Set "
+                f"arch={video_name!r} (and out_type='featmap_and_cls' for MViTHead), or give "
+                'the image arch as a dict of MViTv2Arch fields to build it in this scope.')
+    elif isinstance(arch, dict) and img_size is not None and 'img_size' not in arch:
+        # A top-level img_size fills the arch dict's (a video dict has no usable default).
+        resolved = resolve_arch(dict(arch, img_size=_as_size(img_size, arch)))
+    else:
+        resolved = resolve_arch(arch)
+    if mmaction_keys:
+        if not resolved.video:
+            raise ValueError(f'MViTv2 {" and ".join(mmaction_keys)} (mmaction2 MViT keywords) '
+                             'describe a clip, but this arch is an image model; use img_size')
+        if img_size is not None:
+            raise ValueError('MViTv2: give either img_size=(frames, height, width) or '
+                             "mmaction2's spatial_size/temporal_size, not both")
+        frames, height, width = resolved.img_size
+        if temporal_size is not None:
+            frames = temporal_size
+        if spatial_size is not None:
+            height = width = spatial_size
+        img_size = (frames, height, width)
+    return resolved, img_size
+
+
+def _as_size(img_size, arch: dict):
+    if isinstance(img_size, int) and not arch.get('video', False):
+        return (img_size, img_size)
+    return tuple(img_size) if not isinstance(img_size, int) else img_size
+
+
+def _in_mmaction_scope(mmaction_keys: List[str]) -> bool:
+    if mmaction_keys:
+        return True
+    from mmengine.registry import DefaultScope
+    scope = DefaultScope.get_current_instance()
+    return scope is not None and scope.scope_name == 'mmaction'
 
 
 @register_model
@@ -356,14 +395,23 @@ class MViTv2(BaseModule):
             reads it). Every output is taken after a LayerNorm of a copy of the tokens.
         drop_path_rate: stochastic depth at the last block (linear from 0). Defaults to the
             arch's published rate.
-        frozen_stages: freeze the patch embedding (0) and the first ``frozen_stages`` stages.
+        frozen_stages: -1 (nothing), 0 (the patch embedding) or n in 1..4 (the patch embedding
+            and the first n stages) are frozen.
         with_cp: activation checkpointing of every block while training.
-        attn_impl: 'auto' (the faster of 'sdpa' and 'math' for each block and mode), 'sdpa'
-            (fused attention), 'math' (explicit attention matrix) or 'plain' (the slow
-            reference with a materialised bias); see ``PoolingAttention``.
+        attn_impl: one of ``ATTN_IMPLS``: 'plain' builds the reference classes
+            (``PoolingAttention``, ``Mlp``: a materialised bias, standard layers; slow); the
+            others build the fast ones (``FastPoolingAttention``, ``FastMlp``) with that
+            attention kernel: 'auto' (oneDNN where it applies, else 'sdpa' while training or on
+            a GPU and 'math' for CPU inference), 'onednn' (oneDNN products on the CPU in fp32,
+            no attention matrix kept), 'sdpa' (fused attention) or 'math' (explicit attention
+            matrix). All give the same result; switch a built model with ``set_attn_impl``.
+            Tracing, ONNX export and compilation use standard ops automatically.
         residual_pooling, qkv_bias: MViTv2 switches (on in every published model).
-        init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=...)`` accepts
-            every format ``mmvit_plugin.checkpoint`` reads.
+        spatial_size, temporal_size, out_scales: mmaction2 MViT's keywords, accepted for a
+            video arch (they set ``img_size`` and ``out_indices``).
+        init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=...)`` is built
+            as the ``MViTv2Pretrained`` weight initializer (every format the checkpoint
+            package reads).
     """
     arch_zoo = ARCHS
 
@@ -379,9 +427,15 @@ class MViTv2(BaseModule):
                  attn_impl: str = 'auto',
                  residual_pooling: bool = True,
                  qkv_bias: bool = True,
+                 spatial_size: Optional[int] = None,
+                 temporal_size: Optional[int] = None,
+                 out_scales: Optional[Union[int, Sequence[int]]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        self.arch = resolve_arch(arch)
+        _check_args(in_channels, frozen_stages, drop_path_rate, with_cp, residual_pooling,
+                    qkv_bias)
+        _classes(attn_impl)  # validates the name before anything is built
+        self.arch, img_size = _arch_from_args(arch, img_size, spatial_size, temporal_size)
         self.video = self.arch.video
         self.img_size = check_input_size(img_size if img_size is not None
                                          else self.arch.img_size, self.arch)
@@ -393,9 +447,15 @@ class MViTv2(BaseModule):
             raise ValueError(f'out_type={out_type!r} needs a cls token, but this arch has '
                              'with_cls_token=False')
         self.out_type = out_type
+        if out_scales is not None:
+            if out_indices != -1:
+                raise ValueError('MViTv2: give out_indices or out_scales (its mmaction2 '
+                                 'name), not both')
+            out_indices = out_scales
         self.out_indices = self._normalise_out_indices(out_indices)
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
+        self.attn_impl = attn_impl
         drop_path_rate = self.arch.drop_path_rate if drop_path_rate is None else drop_path_rate
 
         self.patch_embed = PatchEmbed(self.arch, in_channels)
@@ -421,8 +481,8 @@ class MViTv2(BaseModule):
         indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
         result = []
         for index in indices:
-            if not -NUM_STAGES <= index < NUM_STAGES:
-                raise ValueError(f'out_indices entry {index} is out of range: MViTv2 has '
+            if not isinstance(index, int) or not -NUM_STAGES <= index < NUM_STAGES:
+                raise ValueError(f'out_indices entry {index!r} is out of range: MViTv2 has '
                                  f'{NUM_STAGES} stages (0..{NUM_STAGES - 1}, or negative)')
             result.append(index % NUM_STAGES)
         return tuple(sorted(set(result)))
@@ -436,13 +496,28 @@ class MViTv2(BaseModule):
     def num_features(self) -> int:
         return self.stage_dims[-1]
 
+    @property
+    def num_extra_tokens(self) -> int:
+        """Tokens before the patch tokens (the cls token), as mmpretrain's tools read it."""
+        return int(self.with_cls_token)
+
+    def set_attn_impl(self, attn_impl: str) -> 'MViTv2':
+        """Switch every block to another ``attn_impl`` in place, keeping all parameters."""
+        _classes(attn_impl)
+        for block in self.blocks:
+            block.set_attn_impl(attn_impl)
+        self.attn_impl = attn_impl
+        return self
+
     # Initialisation -------------------------------------------------------------------------
 
     def init_weights(self) -> None:
         init_cfg = self.init_cfg if isinstance(self.init_cfg, dict) else None
         if init_cfg is not None and init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import init_backbone_from_checkpoint
-            init_backbone_from_checkpoint(self, init_cfg)
+            # Registered by the checkpoint package (which knows every checkpoint format).
+            from mmengine.registry import WEIGHT_INITIALIZERS
+            initializer = WEIGHT_INITIALIZERS.build(dict(init_cfg, type='MViTv2Pretrained'))
+            initializer(self)
             self._is_init = True
             return
         if self.init_cfg:
@@ -476,8 +551,7 @@ class MViTv2(BaseModule):
         if self.frozen_stages < 0:
             return []
         modules: List[nn.Module] = [self.patch_embed]
-        last = ([0] + list(self.arch.stage_starts) + [self.arch.depth])[
-            min(self.frozen_stages, NUM_STAGES)]
+        last = ([0] + list(self.arch.stage_starts) + [self.arch.depth])[self.frozen_stages]
         modules.extend(self.blocks[:last])
         return modules
 
@@ -510,6 +584,12 @@ class MViTv2(BaseModule):
         if x.shape[1] != self.in_channels:
             raise ValueError(f'MViTv2 was built for in_channels={self.in_channels}, got an '
                              f'input with {x.shape[1]} channels (shape {tuple(x.shape)})')
+        size = tuple(x.shape[2:])
+        if all(type(side) is int for side in size):  # symbolic sizes (export) are not checked
+            try:
+                check_input_size(size, self.arch, what='input size')
+            except ValueError as error:  # the message img_size gets at build, for the input
+                raise ValueError(f'MViTv2 input of shape {tuple(x.shape)}: {error}') from None
 
     def _stage_output(self, x: torch.Tensor, size: Size, stage: int):
         x = getattr(self, self._norm_name(stage))(x)
@@ -544,5 +624,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ['MViTv2', 'MViTv2Arch', 'ARCHS', 'BlockSpec', 'block_specs', 'resolve_arch',
-           'check_input_size', 'count_parameters']
+__all__ = ['MViTv2', 'MViTv2Arch', 'ARCHS', 'ATTN_IMPLS', 'BlockSpec', 'block_specs',
+           'resolve_arch', 'check_input_size', 'count_parameters', 'PoolingAttention',
+           'FastPoolingAttention', 'Mlp', 'FastMlp', 'MViTv2Block', 'PatchEmbed']

@@ -1,213 +1,29 @@
-"""Every fast path gives the plain path's outputs and gradients (correctness only, no timing)."""
+"""The reference attention against a float64 formula; every fast path against the reference."""
 import copy
+import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmvit_plugin.models import onednn_ops
-from mmvit_plugin.models.mvitv2 import MViTv2, pool_then_norm
-from mmvit_plugin.core.rel_pos import (decomposed_rel_pos_bias, key_coordinate_indicator,
-                                         rel_pos_query_terms, rel_pos_table_length)
-
-needs_onednn = pytest.mark.skipif(not onednn_ops.is_enabled(),
-                                  reason='this PyTorch build has no oneDNN ops')
+from mmvit_plugin import ops
+from mmvit_plugin.models.mvitv2 import (ATTN_IMPLS, FastMlp, FastPoolingAttention, Mlp, MViTv2,
+                                        PoolingAttention)
 
 TINY_IMAGE = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3),
                   img_size=(64, 64))
 TINY_VIDEO = dict(TINY_IMAGE, video=True, with_cls_token=True, img_size=(4, 64, 64))
-FAST_IMPLS = ('auto', 'onednn', 'sdpa', 'math')
-
-
-@pytest.fixture
-def plain_ops():
-    """Standard PyTorch ops only (oneDNN routing off) for the duration of a block."""
-    class Switch:
-        def __enter__(self):
-            onednn_ops.set_enabled(False)
-
-        def __exit__(self, *exc):
-            onednn_ops.set_enabled(True)
-    return Switch()
+FAST_IMPLS = tuple(i for i in ATTN_IMPLS if i != 'plain')
 
 
 @pytest.fixture(params=['per_item', 'batched'])
-def per_item_attention(request, monkeypatch):
-    """Both kernels of ``onednn_ops._Attention``: per-item oneDNN and batched bmm."""
-    monkeypatch.setattr(onednn_ops, 'MIN_ATTENTION_ENTRIES',
-                        0 if request.param == 'per_item' else 10 ** 9)
+def attention_kernel(request):
+    """Both kernels of the oneDNN attention: per-item products and one batched bmm."""
+    entries = 0 if request.param == 'per_item' else 10 ** 9
+    with ops.use_kernels(min_attention_entries=entries):
+        yield
 
-
-def _grads(tensors):
-    return [t.grad.clone() for t in tensors]
-
-
-def _leaves(*shapes, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
-
-
-# Linear layers -----------------------------------------------------------------------------------
-
-@needs_onednn
-@pytest.mark.parametrize('gelu,with_residual',
-                         [(False, False), (True, False), (False, True), (True, True)])
-def test_onednn_linear_matches_f_linear(gelu, with_residual):
-    x, weight, bias, residual = _leaves((2, 37, 24), (40, 24), (40,), (2, 37, 40))
-    res = residual if with_residual else None
-
-    expected = F.linear(x, weight, bias)
-    expected = F.gelu(expected) if gelu else expected
-    expected = expected + residual if with_residual else expected
-    upstream = torch.randn_like(expected)
-    expected.backward(upstream)
-    expected_grads = _grads([x, weight, bias] + ([residual] if with_residual else []))
-    for t in (x, weight, bias, residual):
-        t.grad = None
-
-    out = onednn_ops.linear(x, weight, bias, gelu=gelu, residual=res)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    out.backward(upstream)
-    got = _grads([x, weight, bias] + ([residual] if with_residual else []))
-    for g, e in zip(got, expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-
-    with torch.no_grad():  # the fused inference kernels
-        fused = onednn_ops.linear(x, weight, bias, gelu=gelu, residual=res)
-    torch.testing.assert_close(fused, expected.detach(), rtol=1e-5, atol=1e-5)
-
-
-@needs_onednn
-def test_onednn_linear_grad_of_a_wide_input():
-    """grad_w is computed two ways depending on the shapes: cover both."""
-    for in_dim, out_dim in ((48, 8), (8, 48)):
-        x, weight = _leaves((3, 10, in_dim), (out_dim, in_dim))
-        onednn_ops.linear(x, weight, None).square().sum().backward()
-        got = _grads([x, weight])
-        x.grad = weight.grad = None
-        F.linear(x, weight).square().sum().backward()
-        for g, e in zip(got, _grads([x, weight])):  # gradients of size ~10: fp32 rounding
-            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
-
-
-@needs_onednn
-@pytest.mark.parametrize('with_residual', [False, True])
-def test_onednn_mlp_matches_the_layers(with_residual):
-    x, w1, b1, w2, b2, residual = _leaves((2, 30, 12), (48, 12), (48,), (12, 48), (12,),
-                                          (2, 30, 12))
-    leaves = [x, w1, b1, w2, b2] + ([residual] if with_residual else [])
-    expected = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
-    expected = expected + residual if with_residual else expected
-    upstream = torch.randn_like(expected)
-    expected.backward(upstream)
-    expected_grads = _grads(leaves)
-    for t in leaves:
-        t.grad = None
-    res = residual if with_residual else None
-    out = onednn_ops.mlp(x, w1, b1, w2, b2, residual=res)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    out.backward(upstream)
-    for g, e in zip(_grads(leaves), expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-    with torch.no_grad():
-        torch.testing.assert_close(onednn_ops.mlp(x, w1, b1, w2, b2, residual=res),
-                                   expected.detach(), rtol=1e-5, atol=1e-5)
-
-
-def test_linear_falls_back_when_disabled(plain_ops):
-    x, weight, bias = _leaves((4, 8), (6, 8), (6,))
-    with plain_ops:
-        assert not onednn_ops.usable(x)
-        torch.testing.assert_close(onednn_ops.linear(x, weight, bias, gelu=True),
-                                   F.gelu(F.linear(x, weight, bias)))
-
-
-# Attention core -------------------------------------------------------------------------------
-
-@needs_onednn
-@pytest.mark.parametrize('with_residual', [True, False])
-@pytest.mark.parametrize('with_extra', [True, False])
-@pytest.mark.parametrize('heads', [1, 2])
-def test_onednn_attention_matches_softmax_attention(per_item_attention, with_residual,
-                                                    with_extra, heads):
-    B, nq, nk, C, E = 2, 20, 9, 12, 5
-    q, k, v, extra, residual = _leaves((B * heads, nq, C), (B * heads, nk, C + E),
-                                       (B * heads, nk, C), (B * heads, nq, E),
-                                       (B * heads, nq, C))
-    if not with_extra:
-        k = k[..., :C].detach().requires_grad_()
-    q_ext = torch.cat((q * 0.7, extra), -1) if with_extra else q * 0.7
-    expected = torch.softmax(q_ext @ k.transpose(1, 2), dim=-1) @ v
-    expected = expected + residual if with_residual else expected
-    expected = expected.view(B, heads, nq, C).transpose(1, 2).reshape(B, nq, heads * C)
-    upstream = torch.randn_like(expected)
-    expected.backward(upstream)
-    leaves = [q, k, v] + ([extra] if with_extra else []) + ([residual] if with_residual else [])
-    expected_grads = _grads(leaves)
-    for t in leaves:
-        t.grad = None
-
-    for allow_onednn in (True, False):
-        out = onednn_ops.attention(q, k, v, 0.7, extra if with_extra else None,
-                                   residual if with_residual else None, heads,
-                                   allow_onednn=allow_onednn)
-        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-        out.backward(upstream)
-        for g, e in zip(_grads(leaves), expected_grads):
-            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-        for t in leaves:
-            t.grad = None
-
-
-# Pooling + LayerNorm with the conv recomputed in the backward ---------------------------------
-
-@pytest.mark.parametrize('shape,stride', [((3, 8, 10, 12), (2, 2)), ((3, 8, 10, 12), (1, 1)),
-                                          ((2, 8, 4, 6, 6), (1, 2, 2))])
-def test_pool_then_norm_matches_the_modules(shape, stride):
-    ndim = len(shape) - 2
-    conv_cls = torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d
-    pool = conv_cls(8, 8, 3, stride, 1, groups=8, bias=False)
-    norm = torch.nn.LayerNorm(8, eps=1e-6)
-    _randomise(pool), _randomise(norm, seed=1)
-    with torch.no_grad():
-        norm.weight.add_(1.0)
-    x = torch.randn(shape).movedim(1, -1).contiguous().movedim(-1, 1).requires_grad_()
-    expected = norm(pool(x).flatten(2).transpose(1, 2))
-    upstream = torch.randn_like(expected)
-    params = [x, pool.weight, norm.weight, norm.bias]
-    expected_grads = torch.autograd.grad(expected, params, upstream)
-    out = pool_then_norm(x, pool, norm)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-    for g, e in zip(torch.autograd.grad(out, params, upstream), expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-
-
-# Relative positions folded into the q.k product ----------------------------------------------
-
-@pytest.mark.parametrize('q_size,k_size,cls', [
-    ((6, 4), (3, 2), 0), ((4, 4), (4, 4), 1), ((3, 4, 6), (3, 2, 3), 1), ((2, 3, 3), (2, 3, 3), 0)])
-def test_extended_product_equals_logits_plus_bias(q_size, k_size, cls):
-    gen = torch.Generator().manual_seed(0)
-    BH, C = 4, 5
-    nq, nk = torch.Size(q_size).numel(), torch.Size(k_size).numel()
-    q = torch.randn(BH, nq, C, generator=gen)
-    k = torch.randn(BH, cls + nk, C, generator=gen)
-    tables = [torch.randn(rel_pos_table_length(a, b), C, generator=gen)
-              for a, b in zip(q_size, k_size)]
-
-    bias = decomposed_rel_pos_bias(q.unsqueeze(1), q_size, k_size, tables).squeeze(1)
-    expected = q @ k.transpose(1, 2) * 0.5
-    expected[:, :, cls:] += bias
-
-    terms = rel_pos_query_terms(q, q_size, k_size, tables)
-    q_ext = torch.cat([(q * 0.5).view(terms[0].shape[:2] + (C,))] + terms, -1).view(BH, nq, -1)
-    indicator = key_coordinate_indicator(k_size, cls, q.device, q.dtype)
-    assert indicator.shape == (cls + nk, sum(k_size))
-    k_ext = torch.cat((k, indicator.expand(BH, -1, -1)), dim=-1)
-    torch.testing.assert_close(q_ext @ k_ext.transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
-
-
-# Whole model: every fast path against the plain reference -------------------------------------
 
 def _randomise(module, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -216,10 +32,75 @@ def _randomise(module, seed=0):
             param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
 
 
-def _set_impl(model, impl):
-    for block in model.blocks:
-        block.attn.attn_impl = impl
+# The reference class against the formula, evaluated independently in float64 ------------------
 
+def _formula(attn: PoolingAttention, x: torch.Tensor, size):
+    """MViTv2 pooling attention written out cell by cell (float64, no code shared with the model)."""
+    p = {name: t.detach().double() for name, t in attn.named_parameters()}
+    x = x.double()
+    B, N, _ = x.shape
+    heads, C = attn.num_heads, attn.head_dim
+    cls = int(attn.with_cls_token)
+    qkv = (x @ p['qkv.weight'].T + p['qkv.bias']).view(B, N, 3, heads, C)
+    pooled, grids = [], []
+    for i, name in enumerate('qkv'):
+        t = qkv[:, :, i].permute(0, 2, 1, 3)  # (B, heads, N, C)
+        patches = t[:, :, cls:].reshape(B * heads, *size, C)
+        patches = patches.permute(0, len(size) + 1, *range(1, len(size) + 1))
+        pool = getattr(attn, f'pool_{name}')
+        conv = F.conv3d if len(size) == 3 else F.conv2d
+        out = conv(patches, p[f'pool_{name}.weight'], None, pool.stride, pool.padding,
+                   groups=C)
+        grids.append(tuple(out.shape[2:]))
+        out = out.flatten(2).transpose(1, 2).reshape(B, heads, -1, C)
+        out = torch.cat((t[:, :, :cls], out), dim=2)
+        pooled.append(F.layer_norm(out, (C,), p[f'norm_{name}.weight'],
+                                   p[f'norm_{name}.bias'], 1e-6))
+    q, k, v = pooled
+    q_size, k_size = grids[0], grids[1]
+    tables = [p[f'rel_pos_{a}'] for a in ('thw' if len(size) == 3 else 'hw')]
+    q_cells = list(itertools.product(*map(range, q_size)))
+    k_cells = list(itertools.product(*map(range, k_size)))
+    bias = torch.zeros(B, heads, cls + len(q_cells), cls + len(k_cells), dtype=torch.float64)
+    for axis, table in enumerate(tables):
+        qs, ks = q_size[axis], k_size[axis]
+        q_scale, k_scale = max(ks / qs, 1.0), max(qs / ks, 1.0)
+        # Offset of query cell i and key cell j on the finer grid, shifted to be >= 0.
+        index = torch.tensor([[int(i * q_scale - j * k_scale + (ks - 1) * k_scale)
+                               for j in range(ks)] for i in range(qs)])
+        resized = table
+        if table.shape[0] != 2 * max(qs, ks) - 1:
+            resized = F.interpolate(table.T[None], size=2 * max(qs, ks) - 1,
+                                    mode='linear')[0].T
+        emb = resized[index[[c[axis] for c in q_cells]][:, [c[axis] for c in k_cells]]]
+        bias[:, :, cls:, cls:] += torch.einsum('bhic,ijc->bhij', q[:, :, cls:], emb)
+    logits = q @ k.transpose(-1, -2) / math.sqrt(C) + bias
+    out = logits.softmax(-1) @ v
+    if attn.residual_pooling:
+        out[:, :, cls:] += q[:, :, cls:]
+    out = out.transpose(1, 2).reshape(B, -1, heads * C)
+    return out @ p['proj.weight'].T + p['proj.bias'], q_size
+
+
+@pytest.mark.parametrize('arch,block,size', [
+    (TINY_IMAGE, 0, (16, 16)), (TINY_IMAGE, 1, (16, 16)),
+    (dict(TINY_IMAGE, with_cls_token=True, num_heads=2), 0, (16, 12)),
+    (TINY_VIDEO, 0, (2, 16, 16)), (TINY_VIDEO, 2, (2, 8, 8)), (TINY_VIDEO, 0, (3, 20, 12))])
+def test_reference_attention_is_the_formula(arch, block, size):
+    model = MViTv2(arch, attn_impl='plain')
+    _randomise(model)
+    attn = model.blocks[block].attn
+    assert type(attn) is PoolingAttention
+    x = torch.randn(2, int(model.with_cls_token) + math.prod(size), attn.qkv.in_features,
+                    generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got, got_size = attn(x, size)
+    want, want_size = _formula(attn, x, size)
+    assert got_size == want_size
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+# Every fast path against the reference ---------------------------------------------------------
 
 def _run(model, x, train):
     model.train(train)
@@ -239,16 +120,14 @@ def _run(model, x, train):
     (TINY_VIDEO, (2, 3, 4, 64, 64), 'featmap_and_cls'),
 ])
 @pytest.mark.parametrize('train', [False, True])
-def test_fast_paths_match_the_plain_path(arch, shape, out_type, train, plain_ops,
-                                         per_item_attention):
-    model = MViTv2(arch, out_type=out_type, drop_path_rate=0.0)
+def test_fast_paths_match_the_plain_path(arch, shape, out_type, train, attention_kernel):
+    model = MViTv2(arch, out_type=out_type, drop_path_rate=0.0, attn_impl='plain')
     _randomise(model)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    _set_impl(model, 'plain')
-    with plain_ops:
+    with ops.use_kernels(onednn=False):
         expected_out, expected_grads = _run(model, x, train)
     for impl in FAST_IMPLS:
-        _set_impl(model, impl)
+        model.set_attn_impl(impl)
         out, grads = _run(model, x, train)
         for o, e in zip(out, expected_out):
             torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5, msg=lambda m: f'{impl}: {m}')
@@ -258,13 +137,48 @@ def test_fast_paths_match_the_plain_path(arch, shape, out_type, train, plain_ops
                                            msg=lambda m: f'{impl}, grad of {name}: {m}')
 
 
+def test_set_attn_impl_swaps_classes_and_keeps_parameters():
+    model = MViTv2(TINY_IMAGE)
+    params = dict(model.named_parameters())
+    keys = list(model.state_dict())
+    assert type(model.blocks[0].attn) is FastPoolingAttention
+    assert type(model.blocks[0].mlp) is FastMlp
+    model.set_attn_impl('plain')
+    assert model.attn_impl == 'plain'
+    assert type(model.blocks[0].attn) is PoolingAttention and type(model.blocks[0].mlp) is Mlp
+    assert type(model.blocks[1].proj) is torch.nn.Linear  # block 1 widens
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert list(model.state_dict()) == keys
+    model.set_attn_impl('sdpa')
+    assert model.blocks[1].attn.kernel == 'sdpa'
+    with pytest.raises(ValueError, match=r"attn_impl must be one of .*got 'flash'"):
+        model.set_attn_impl('flash')
+    with pytest.raises(ValueError, match=r"attn_impl must be one of .*got 'flash'"):
+        MViTv2(TINY_IMAGE, attn_impl='flash')
+
+
+def test_recompute_setting_gives_identical_gradients(attention_kernel):
+    model = MViTv2(TINY_VIDEO, out_type='featmap_and_cls', drop_path_rate=0.0)
+    _randomise(model)
+    x = torch.randn(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for recompute in (True, False):
+        with ops.use_kernels(recompute=recompute):
+            results.append(_run(model, x, True))
+    (out_a, grads_a), (out_b, grads_b) = results
+    for a, b in zip(out_a, out_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=0, atol=0,
+                                   msg=lambda m: f'grad of {name}: {m}')
+
+
 def test_drop_path_training_keeps_the_unfused_path_equal():
     """With drop path the residual adds are not fused; in eval mode both give one result."""
     model = MViTv2(TINY_VIDEO, out_type='featmap_and_cls', drop_path_rate=0.3)
     _randomise(model)
     x = torch.randn(1, 3, 4, 64, 64)
-    reference = copy.deepcopy(model)
-    _set_impl(reference, 'plain')
+    reference = copy.deepcopy(model).set_attn_impl('plain')
     model.eval(), reference.eval()
     with torch.no_grad():
         for got, want in zip(model(x)[0], reference(x)[0]):

@@ -108,8 +108,7 @@ def test_image_parity_with_mmpretrain_tiny():
     with torch.no_grad():
         expected = peer(x)[0]
         for impl in ('math', 'sdpa'):
-            for block in ours.blocks:
-                block.attn.attn_impl = impl
+            ours.set_attn_impl(impl)
             torch.testing.assert_close(ours(x)[0], expected, rtol=0, atol=1e-5)
 
 
@@ -188,8 +187,7 @@ def test_sdpa_and_math_paths_agree_with_gradients():
     x = torch.randn(2, 3, 4, 64, 64)
     results = []
     for impl in ('math', 'sdpa'):
-        for block in model.blocks:
-            block.attn.attn_impl = impl
+        model.set_attn_impl(impl)
         model.zero_grad()
         out = model(x)[0]
         out.square().mean().backward()
@@ -287,3 +285,191 @@ def test_bad_outputs_are_named():
         MViTv2(TINY_IMAGE, out_type='cls_token')
     with pytest.raises(ValueError, match='out_indices entry 4 is out of range'):
         MViTv2(TINY_IMAGE, out_indices=(4,))
+
+
+# Tracing, FLOP counting and initialisation ---------------------------------------------------
+
+def _imagenet_tiny():
+    cfg = Config.fromfile(str(CONFIGS / 'mvitv2_t_imagenet.py'))
+    init_default_scope('mmpretrain')
+    from mmpretrain.registry import MODELS
+    return MODELS.build(cfg.model).backbone.eval()
+
+
+def test_complexity_and_trace_of_the_default_model_need_no_switch():
+    """mmengine's FLOP counter and torch.jit.trace get standard ops automatically."""
+    from mmengine.analysis import get_model_complexity_info
+    backbone = _imagenet_tiny()
+    assert backbone.attn_impl == 'auto'
+    info = get_model_complexity_info(backbone, input_shape=(3, 224, 224), show_table=False,
+                                     show_arch=False)
+    assert info['params'] == count_parameters(backbone)
+    assert info['flops'] > 1e9  # tools/get_flops.py counts the reference path (4.7G)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        traced = torch.jit.trace(backbone, x, check_trace=False)
+        torch.testing.assert_close(traced(x)[0], backbone(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_init_cfg_goes_through_the_weight_initializer_registry():
+    from mmengine.registry import WEIGHT_INITIALIZERS
+    calls = []
+    registered = 'MViTv2Pretrained' in WEIGHT_INITIALIZERS.module_dict
+
+    class Recorder:
+        def __init__(self, checkpoint, **kwargs):
+            calls.append(('built', checkpoint, kwargs))
+
+        def __call__(self, module):
+            calls.append(('called', module))
+
+    if not registered:  # the checkpoint package registers the real one
+        WEIGHT_INITIALIZERS.register_module('MViTv2Pretrained', module=Recorder)
+    try:
+        model = MViTv2(TINY_IMAGE, init_cfg=dict(type='Pretrained', checkpoint='x.pth'))
+        if registered:
+            pytest.skip('the real MViTv2Pretrained is registered: tested with the checkpoint '
+                        'package')
+        model.init_weights()
+    finally:
+        if not registered:
+            WEIGHT_INITIALIZERS.module_dict.pop('MViTv2Pretrained')
+    assert calls == [('built', 'x.pth', {}), ('called', model)]
+
+
+def test_models_never_import_the_checkpoint_package():
+    import ast
+    models = Path(__file__).resolve().parents[2] / 'mmvit_plugin' / 'models'
+    for path in models.glob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.ImportFrom):
+                base = ('mmvit_plugin.' if node.level else '') + (node.module or '')
+                modules = [base] + [f'{base}.{a.name}' for a in node.names]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            assert not any(m.startswith('mmvit_plugin.checkpoint') or m == 'mmvit_plugin..checkpoint'
+                           or m.startswith('mmvit_plugin..checkpoint') for m in modules), \
+                f'{path.name}:{node.lineno} imports the checkpoint package'
+
+
+# Geometry as data ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('geometry,shape,grid', [
+    (dict(patch_stride=(2, 2), patch_kernel=(3, 3), patch_padding=(1, 1)), (1, 3, 32, 48),
+     (2, 3)),
+    (dict(pool_kernel=(5, 5)), (1, 3, 64, 64), (2, 2)),
+    (dict(video=True, with_cls_token=True, pool_kernel=(1, 5, 5),
+          q_stride=(1, 2, 2), first_kv_stride=(2, 4, 4)), (1, 3, 4, 64, 64), (2, 2, 2)),
+])
+def test_other_geometry_is_one_arch_dict(geometry, shape, grid):
+    from mmvit_plugin import ops
+    arch = dict(TINY_IMAGE, **geometry)
+    arch['img_size'] = tuple(shape[2:])
+    model = MViTv2(arch, drop_path_rate=0.0, attn_impl='plain').eval()
+    _randomise(model)
+    x = torch.randn(*shape)
+    with torch.no_grad(), ops.use_kernels(onednn=False):
+        reference = model(x)[0]
+    assert reference.shape[2:] == grid
+    model.set_attn_impl('auto')
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], reference, rtol=1e-5, atol=1e-5)
+    smallest = [s // g for s, g in zip(shape[2:], grid)]  # one cell in the last stage
+    too_small = (*shape[:-1], smallest[-1] - 1)
+    with pytest.raises(ValueError, match=f'at least {smallest[-1]} pixels'):
+        model(torch.randn(*too_small))
+
+
+# Inputs refused at forward as at build -----------------------------------------------------------
+
+@pytest.mark.parametrize('arch,shape,match', [
+    (TINY_IMAGE, (1, 3, 16, 16), r'height 16 is too small.*at least 32 pixels'),
+    (TINY_IMAGE, (1, 3, 5, 5), r'height 5 is too small.*at least 32 pixels'),
+    (TINY_IMAGE, (1, 3, 31, 64), r'height 31 is too small.*at least 32 pixels'),
+    (TINY_IMAGE, (1, 3, 64, 31), r'width 31 is too small.*at least 32 pixels'),
+    (TINY_VIDEO, (1, 3, 1, 64, 64), r'frames 1 is too small.*at least 2 frames'),
+])
+def test_too_small_inputs_are_refused_at_forward_with_the_build_message(arch, shape, match):
+    model = MViTv2(arch).eval()
+    with pytest.raises(ValueError) as at_build:
+        MViTv2(arch, img_size=shape[2:])
+    with pytest.raises(ValueError, match=rf'input of shape \({", ".join(map(str, shape))}\)'
+                                         rf'.*{match}') as at_forward:
+        with torch.no_grad():
+            model(torch.randn(*shape))
+    build_why = str(at_build.value).split(': ', 1)[1]
+    assert str(at_forward.value).endswith(build_why)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(frozen_stages=9), r'frozen_stages=9: must be an int in -1..4'),
+    (dict(frozen_stages=-2), r'frozen_stages=-2'),
+    (dict(in_channels=0), r'in_channels=0: must be an int >= 1'),
+    (dict(in_channels=3.0), r'in_channels=3.0'),
+    (dict(drop_path_rate=1.5), r'drop_path_rate=1.5: must be a number in \[0, 1\)'),
+    (dict(with_cp='yes'), r"with_cp='yes': must be True or False"),
+    (dict(out_indices=(0, 'last')), r"out_indices entry 'last' is out of range"),
+    (dict(out_type='tokens'), r"out_type must be one of .*'tokens'"),
+])
+def test_bad_constructor_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MViTv2(TINY_IMAGE, **kwargs)
+
+
+def test_every_frozen_stage_count_builds():
+    for frozen in range(-1, 5):
+        model = MViTv2(TINY_IMAGE, frozen_stages=frozen)
+        trainable = [p.requires_grad for p in model.blocks.parameters()]
+        assert all(trainable) if frozen < 1 else not any(trainable[:1])
+    assert not any(p.requires_grad for p in MViTv2(TINY_IMAGE, frozen_stages=4).blocks
+                   .parameters())
+
+
+# Host compatibility ------------------------------------------------------------------------------
+
+def test_num_extra_tokens_counts_the_cls_token():
+    assert MViTv2(TINY_IMAGE).num_extra_tokens == 0
+    assert MViTv2(TINY_VIDEO).num_extra_tokens == 1
+
+
+def test_top_level_img_size_fills_a_video_arch_dict():
+    arch = {k: v for k, v in TINY_VIDEO.items() if k != 'img_size'}
+    model = MViTv2(arch, img_size=(8, 96, 64))
+    assert model.img_size == (8, 96, 64) == model.arch.img_size
+    assert model.specs[0].rel_pos_lengths == (7, 47, 31)
+
+
+def test_mmaction2_keywords_with_a_video_arch():
+    model = MViTv2(TINY_VIDEO, spatial_size=96, temporal_size=8, out_scales=[2, 3])
+    assert model.img_size == (8, 96, 96)
+    assert model.out_indices == (2, 3)
+    with pytest.raises(ValueError, match='either img_size.*or .*spatial_size/temporal_size'):
+        MViTv2(TINY_VIDEO, img_size=(4, 64, 64), spatial_size=64)
+    with pytest.raises(ValueError, match='out_indices or out_scales'):
+        MViTv2(TINY_VIDEO, out_indices=2, out_scales=[3])
+    with pytest.raises(ValueError, match='describe a clip, but this arch is an image model'):
+        MViTv2(TINY_IMAGE, temporal_size=8)
+
+
+def test_a_stock_mmaction2_config_names_the_video_arch():
+    """Swapping MViT -> MViTv2 in mmaction2's configs fails at build, saying what to set."""
+    base = '/'.join(['mmaction', '.mim', 'configs', 'recognition', 'mvit'])
+    import importlib.util
+    root = Path(importlib.util.find_spec('mmaction').origin).parent.parent / base
+    for name, video in (('mvit-small-p244_32xb16-16x4x1-200e_kinetics400-rgb.py', 'small-16x4'),
+                        ('mvit-base-p244_32x3x1_kinetics400-rgb.py', 'base-32x3')):
+        cfg = Config.fromfile(str(root / name))
+        cfg.model.backbone.type = 'MViTv2'
+        init_default_scope('mmaction')
+        from mmaction.registry import MODELS
+        with pytest.raises(Exception, match=rf"arch='(small|base)' is the image model here.*"
+                                            rf"Set arch='{video}'.*featmap_and_cls"):
+            MODELS.build(cfg.model)
+        cfg.model.backbone.arch = video
+        cfg.model.backbone.out_type = 'featmap_and_cls'
+        with torch.device('meta'):
+            backbone = MODELS.build(cfg.model.backbone)
+        assert backbone.video and backbone.img_size == (16 if video == 'small-16x4' else 32,
+                                                        224, 224)
+    init_default_scope('mmpretrain')

@@ -45,3 +45,11 @@ def test_tiny_run_checks_outputs_and_reports(capsys):
 def test_unknown_arch_is_named():
     with pytest.raises(SystemExit, match="--arch 'enormous'"):
         benchmark.main(['--arch', 'enormous'])
+
+
+def test_attn_impl_choices_are_the_models():
+    from mmvit_plugin.models.mvitv2 import ATTN_IMPLS
+    for impl in ATTN_IMPLS:
+        assert benchmark.parse_args(['--attn-impl', impl]).attn_impl == impl
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--attn-impl', 'flash'])

@@ -1,21 +1,21 @@
-"""fp32 matrix products through oneDNN on the CPU, with their gradients.
+"""fp32 matrix products through oneDNN on the CPU (linear, MLP, attention core), with gradients.
 
 PyTorch runs fp32 ``F.linear``/``bmm`` on the CPU through MKL, which takes a slower code path on
 non-Intel CPUs (about 2.5x slower than oneDNN on the AMD EPYC this was measured on). PyTorch also
 ships oneDNN (``torch.ops.mkldnn._linear_pointwise``, used by its compiler), but without an
-autograd formula. This module wraps it: linear layers (optionally with an exact-GELU or a
-residual-add fused in, when no gradient is needed) and the attention core, each with a
-hand-written backward. Everything here is exact fp32: only the order of summation differs.
+autograd formula. This module wraps it with hand-written backwards. Everything is exact fp32:
+only the order of summation differs from the standard ops.
 
-Where oneDNN does not apply (GPU, other dtypes, autocast, ``torch.compile`` tracing, or
-``set_enabled(False)``) the standard PyTorch ops run instead.
+Where oneDNN does not apply (GPU, other dtypes, autocast, tracing/export/compilation, or
+``use_kernels(onednn=False)``) the standard PyTorch ops run instead (see ``usable``).
 """
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-_ENABLED = True
+from .config import autocast_enabled, capturing_graph, kernel_settings
+
 _LINEAR = None
 if torch.backends.mkldnn.is_available():
     try:
@@ -23,42 +23,16 @@ if torch.backends.mkldnn.is_available():
     except (AttributeError, RuntimeError):  # a build without the oneDNN ops
         _LINEAR = None
 
-# Attention items (one per batch element and head) with at least this many attention-matrix
-# entries run as separate oneDNN products; smaller ones share one batched bmm. Per-item oneDNN
-# is faster on an idle CPU down to ~20k entries, but each op is a parallel region, and on a
-# loaded machine many small ones cost more than they save, so the bar is set higher.
-MIN_ATTENTION_ENTRIES = 200_000
 
-
-def set_enabled(enabled: bool) -> None:
-    """Route fp32 CPU matrix products through oneDNN (default) or PyTorch's standard ops."""
-    global _ENABLED
-    _ENABLED = bool(enabled)
-
-
-def is_enabled() -> bool:
-    return _ENABLED and _LINEAR is not None
-
-
-def autocast_enabled(device_type: str) -> bool:
-    """``torch.is_autocast_enabled(device_type)``, also on PyTorch < 2.4."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:
-        return (torch.is_autocast_cpu_enabled() if device_type == 'cpu'
-                else torch.is_autocast_enabled())
-
-
-def _compiling() -> bool:
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and hasattr(compiler, 'is_compiling'):
-        return compiler.is_compiling()
-    return False
+def available() -> bool:
+    """Whether this PyTorch build has the oneDNN ops."""
+    return _LINEAR is not None
 
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the oneDNN path applies to these tensors right now."""
-    if not is_enabled() or autocast_enabled('cpu') or _compiling():
+    if capturing_graph() or not (available() and kernel_settings().onednn) \
+            or autocast_enabled('cpu'):
         return False
     return all(t.device.type == 'cpu' and t.dtype == torch.float32 and t.layout == torch.strided
                for t in tensors)
@@ -119,24 +93,28 @@ class _Linear(torch.autograd.Function):
 
 
 class _Mlp(torch.autograd.Function):
-    """fc2(GELU(fc1(x))) (+ residual), keeping only fc1's output for the backward.
+    """fc2(GELU(fc1(x))) (+ residual), keeping fc1's output for the backward.
 
-    The GELU output (as large as fc1's) is recomputed in the backward instead of stored.
+    With ``recompute`` the GELU output (as large as fc1's) is recomputed in the backward
+    instead of stored.
     """
 
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2, residual):
+    def forward(ctx, x, weight1, bias1, weight2, bias2, residual, recompute: bool):
         hidden = _LINEAR(x, weight1, bias1, 'none', [], '')
-        ctx.save_for_backward(x, weight1, weight2, hidden)
+        activated = F.gelu(hidden)
+        ctx.save_for_backward(x, weight1, weight2, hidden,
+                              None if recompute else activated)
         ctx.has_bias = (bias1 is not None, bias2 is not None)
         ctx.has_residual = residual is not None
-        return _linear_forward(F.gelu(hidden), weight2, bias2, residual)
+        return _linear_forward(activated, weight2, bias2, residual)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, weight1, weight2, hidden = ctx.saved_tensors
+        x, weight1, weight2, hidden, activated = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        activated = F.gelu(hidden)
+        if activated is None:
+            activated = F.gelu(hidden)
         grad_w2 = _weight_grad(activated, grad_out) if needs[3] else None
         del activated
         grad_b2 = _bias_grad(grad_out) if ctx.has_bias[1] and needs[4] else None
@@ -146,7 +124,7 @@ class _Mlp(torch.autograd.Function):
         grad_w1 = _weight_grad(x, grad_hidden) if needs[1] else None
         grad_b1 = _bias_grad(grad_hidden) if ctx.has_bias[0] and needs[2] else None
         grad_res = grad_out if ctx.has_residual and needs[5] else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_res, None
 
 
 def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
@@ -154,19 +132,14 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-           gelu: bool = False, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, then exact GELU if ``gelu``, then ``+ residual``."""
+           residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias) (+ residual)``."""
     if not usable(x, weight):
         out = F.linear(x, weight, bias)
-        if gelu:
-            out = F.gelu(out)
         return out if residual is None else out + residual
     if _needs_grad(x, weight, bias, residual):
-        if gelu:
-            out = F.gelu(_Linear.apply(x, weight, bias, None))
-            return out if residual is None else out + residual
         return _Linear.apply(x, weight, bias, residual)
-    return _linear_forward(x, weight, bias, residual, gelu)
+    return _linear_forward(x, weight, bias, residual)
 
 
 def mlp(x: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.Tensor],
@@ -177,67 +150,77 @@ def mlp(x: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.Tensor],
         out = F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2)
         return out if residual is None else out + residual
     if _needs_grad(x, weight1, bias1, weight2, bias2, residual):
-        return _Mlp.apply(x, weight1, bias1, weight2, bias2, residual)
+        return _Mlp.apply(x, weight1, bias1, weight2, bias2, residual,
+                          kernel_settings().recompute)
     return _linear_forward(_linear_forward(x, weight1, bias1, None, gelu=True), weight2,
                            bias2, residual)
 
 
-def _extended_query(q: torch.Tensor, scale: float,
-                    q_extra: Optional[torch.Tensor]) -> torch.Tensor:
+def extended_query(q: torch.Tensor, scale: float,
+                   q_extra: Optional[torch.Tensor]) -> torch.Tensor:
+    """``[scale * q, q_extra]`` along the channels."""
     q = q * scale
     return q if q_extra is None else torch.cat((q, q_extra), dim=-1)
 
 
 class _Attention(torch.autograd.Function):
-    """softmax([scale q, q_extra] k^T) v (+ residual), recomputing the probabilities.
+    """softmax([scale q, q_extra] k^T) v (+ residual) with oneDNN products.
 
-    Only the inputs are kept for the backward, so no attention matrix outlives its use (like a
-    fused attention kernel). With ``per_item`` every (batch, head) item runs its own oneDNN
-    products (fast for large items); otherwise one batched ``bmm`` covers all items (fewer,
-    larger ops: better for many small items). Work spanning all items (concatenations,
-    transposes) is done once per call.
+    With ``recompute`` only the inputs are kept for the backward and the probabilities are
+    recomputed there, so no attention matrix outlives its use (like a fused attention kernel).
+    With ``per_item`` every (batch, head) item runs its own oneDNN products (fast for large
+    items); otherwise one batched ``bmm`` covers all items (fewer, larger ops: better for many
+    small items). Work spanning all items (concatenations, transposes) is done once per call.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, q_extra, residual, scale: float, heads: int, per_item: bool):
+    def forward(ctx, q, k, v, q_extra, residual, scale: float, heads: int, per_item: bool,
+                recompute: bool):
         BH, num_q, _ = q.shape
-        ctx.save_for_backward(q, k, v, q_extra)
         ctx.scale, ctx.per_item = scale, per_item
         ctx.has_residual = residual is not None
-        q_ext = _extended_query(q, scale, q_extra)
+        q_ext = extended_query(q, scale, q_extra)
         if per_item:
             v_t = v.transpose(1, 2).contiguous()
-            outs = []
+            outs, kept = [], []
             for i in range(BH):
                 probs = _mm_bt(q_ext[i], k[i])
                 torch.ops.aten._softmax.out(probs, -1, False, out=probs)
                 outs.append(_mm_bt(probs, v_t[i]) if residual is None else
                             _LINEAR.binary(probs, residual[i], v_t[i], None, 'add'))
+                if not recompute:
+                    kept.append(probs)
             out = torch.stack(outs, dim=1)  # (Nq, BH, Cv) = (Nq, B, heads, Cv)
+            probs = None if recompute else torch.stack(kept)
         else:
             probs = torch.bmm(q_ext, k.transpose(1, 2))
             torch.ops.aten._softmax.out(probs, -1, False, out=probs)
             out = torch.bmm(probs, v) if residual is None else torch.baddbmm(residual, probs, v)
             out = out.transpose(0, 1)
+            probs = None if recompute else probs
+        ctx.save_for_backward(q, k, v, q_extra, probs)
         # One copy into the (B, Nq, heads * Cv) layout the projection reads.
         return out.reshape(num_q, BH // heads, -1).transpose(0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, q_extra = ctx.saved_tensors
+        q, k, v, q_extra, kept = ctx.saved_tensors
         BH, num_q, C = q.shape
         B = grad_out.shape[0]
         heads = BH // B
         grad_items = grad_out.view(B, num_q, heads, -1).transpose(1, 2).reshape(BH, num_q, -1)
-        q_ext = _extended_query(q, ctx.scale, q_extra)
+        q_ext = extended_query(q, ctx.scale, q_extra)
         if ctx.per_item:
             grad_items_t = grad_items.transpose(1, 2).contiguous()
             q_ext_t = q_ext.transpose(1, 2).contiguous()
             k_t = k.transpose(1, 2).contiguous()
             grad_q_ext, grad_k_t, grad_v_t = [], [], []
             for i in range(BH):
-                probs = _mm_bt(q_ext[i], k[i])
-                torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+                if kept is None:
+                    probs = _mm_bt(q_ext[i], k[i])
+                    torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+                else:
+                    probs = kept[i]
                 grad_logits = torch.ops.aten._softmax_backward_data(
                     _mm_bt(grad_items[i], v[i]), probs, -1, torch.float32)
                 grad_v_t.append(_mm_bt(grad_items_t[i], probs.t()))
@@ -249,8 +232,11 @@ class _Attention(torch.autograd.Function):
             grad_k = torch.stack(grad_k_t).transpose(1, 2)
             grad_v = torch.stack(grad_v_t).transpose(1, 2)
         else:
-            probs = torch.bmm(q_ext, k.transpose(1, 2))
-            torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+            if kept is None:
+                probs = torch.bmm(q_ext, k.transpose(1, 2))
+                torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+            else:
+                probs = kept
             grad_logits = torch.ops.aten._softmax_backward_data(
                 torch.bmm(grad_items, v.transpose(1, 2)), probs, -1, torch.float32)
             grad_v = torch.bmm(probs.transpose(1, 2), grad_items)
@@ -260,38 +246,21 @@ class _Attention(torch.autograd.Function):
         grad_q = grad_q_ext[..., :C] * ctx.scale
         grad_extra = None if q_extra is None else grad_q_ext[..., C:]
         grad_res = grad_items if ctx.has_residual else None
-        return grad_q, grad_k, grad_v, grad_extra, grad_res, None, None, None
+        return grad_q, grad_k, grad_v, grad_extra, grad_res, None, None, None, None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0,
-              q_extra: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
-              heads: int = 1, allow_onednn: bool = True) -> torch.Tensor:
-    """``softmax([scale * q, q_extra] @ k^T) @ v (+ residual)``, heads merged into channels.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+              q_extra: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+              heads: int) -> torch.Tensor:
+    """The oneDNN attention core; call it through ``ops.attention.attention``.
 
-    Args:
-        q: (B * heads, Nq, C) queries; ``q_extra``: (B * heads, Nq, E) columns appended to the
-            scaled queries (e.g. relative-position terms), or None.
-        k: (B * heads, Nk, C + E) keys; v: (B * heads, Nk, Cv) values.
-        residual: (B * heads, Nq, Cv) added to the output, or None.
-        allow_onednn: False forces plain bmm / softmax / bmm with autograd.
-
-    Returns:
-        (B, Nq, heads * Cv). Where oneDNN applies, ``_Attention`` runs (no attention matrix
-        kept for the backward; per-item oneDNN products for items of at least
-        ``MIN_ATTENTION_ENTRIES`` entries, one batched bmm below that).
+    Per-item oneDNN products for items of at least ``KernelSettings.min_attention_entries``
+    entries, one batched bmm below that. Returns (B, Nq, heads * Cv).
     """
-    BH, num_q, _ = q.shape
-    tensors = [t for t in (q, k, v, q_extra, residual) if t is not None]
-    if allow_onednn and usable(*tensors):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        q_extra = None if q_extra is None else q_extra.contiguous()
-        residual = None if residual is None else residual.contiguous()
-        per_item = num_q * k.shape[1] >= MIN_ATTENTION_ENTRIES
-        return _Attention.apply(q, k, v, q_extra, residual, scale, heads, per_item)
-    probs = torch.bmm(_extended_query(q, scale, q_extra), k.transpose(1, 2)).softmax(dim=-1)
-    out = torch.bmm(probs, v) if residual is None else torch.baddbmm(residual, probs, v)
-    return out.view(BH // heads, heads, num_q, -1).transpose(1, 2).reshape(BH // heads, num_q, -1)
-
-
-__all__ = ['set_enabled', 'is_enabled', 'usable', 'autocast_enabled', 'linear', 'mlp', 'attention',
-           'MIN_ATTENTION_ENTRIES']
+    settings = kernel_settings()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q_extra = None if q_extra is None else q_extra.contiguous()
+    residual = None if residual is None else residual.contiguous()
+    per_item = q.shape[1] * k.shape[1] >= settings.min_attention_entries
+    return _Attention.apply(q, k, v, q_extra, residual, scale, heads, per_item,
+                            settings.recompute)
