@@ -441,8 +441,8 @@ class MViTv2(BaseModule):
     def init_weights(self) -> None:
         init_cfg = self.init_cfg if isinstance(self.init_cfg, dict) else None
         if init_cfg is not None and init_cfg.get('type') == 'Pretrained':
-            from ..checkpoint import init_backbone_from_checkpoint
-            init_backbone_from_checkpoint(self, init_cfg)
+            from mmengine.registry import WEIGHT_INITIALIZERS
+            WEIGHT_INITIALIZERS.build(dict(init_cfg, type='MViTv2Pretrained'))(self)
             self._is_init = True
             return
         if self.init_cfg:
