@@ -1,4 +1,4 @@
-"""2D -> 3D inflation of MViTv2 weights (pure functions on canonical state dicts).
+"""2D -> 3D inflation of MViTv2 weights: the fitting engine's inflation rules.
 
 An image model's weights initialise a video model:
 
@@ -16,32 +16,36 @@ An image model's weights initialise a video model:
 Every key of the result, and every dropped key of the source, gets one report line.
 """
 import re
-from collections import OrderedDict
 from typing import Mapping, Tuple
 
 import torch
 
-from .adapt import (REL_POS_KEY, STAGE_NORM_KEY, ArchitectureMismatchError, KeyReport,
-                    StateDict, _fit_head, _shape, mismatch_message)
-from ..core.rel_pos import resize_rel_pos_table
-from .formats import HEAD_PREFIX, PATCH_WEIGHT
+from ..core.infer import CONV_KEY, is_video_state
+from .fit import (CLS_TOKEN_KEY, STAGE_NORM_KEY, FitRules, InterpolateRelPos, KeyReport,
+                  Reshape, StateDict, fit_state_dict, shape_of)
 
 INFLATION_METHODS = ('center', 'average')
 # 'center' keeps a static clip exactly on the image model at every time step ('average' not at
 # the clip's ends), and kept more of a trained image model's accuracy on clips (5 of 5 seeds,
-# tests/checkpoint/inflation_evidence.py --trained 5); after fine-tuning both were within noise.
+# tools/analysis/inflation_evidence.py --trained 5); after fine-tuning both were within noise.
 DEFAULT_INFLATION = 'center'
 
-CONV_KEY = re.compile(r'^(patch_embed\.proj|blocks\.\d+\.attn\.pool_[qkv])\.weight$')
 ABS_POS_KEY = re.compile(r'^(pos_embed(_spatial|_temporal|_class)?|pos_encoding\.\w+)$')
+REL_POS_T_KEY = re.compile(r'^blocks\.\d+\.attn\.rel_pos_t$')
+
+
+def check_inflation_method(method: str, what: str = 'inflation method') -> str:
+    """``method`` when it is one of ``INFLATION_METHODS``; else a ValueError naming ``what``."""
+    if method not in INFLATION_METHODS:
+        raise ValueError(f'{what} must be one of {INFLATION_METHODS}, got {method!r}')
+    return method
 
 
 def inflate_conv_weight(weight: torch.Tensor, time_kernel: int, method: str) -> torch.Tensor:
     """(out, in, kh, kw) -> (out, in, time_kernel, kh, kw) by ``center`` or ``average``."""
-    if method not in INFLATION_METHODS:
-        raise ValueError(f'inflation method must be one of {INFLATION_METHODS}, got {method!r}')
+    check_inflation_method(method)
     if weight.dim() != 4:
-        raise ValueError(f'expected a 4-D 2D conv weight, got shape {_shape(weight)}')
+        raise ValueError(f'expected a 4-D 2D conv weight, got shape {shape_of(weight)}')
     if method == 'average':
         return weight.unsqueeze(2).repeat(1, 1, time_kernel, 1, 1) / time_kernel
     inflated = weight.new_zeros(weight.shape[:2] + (time_kernel,) + weight.shape[2:])
@@ -49,9 +53,33 @@ def inflate_conv_weight(weight: torch.Tensor, time_kernel: int, method: str) -> 
     return inflated
 
 
-def is_video_state(state: Mapping[str, torch.Tensor]) -> bool:
-    patch = state.get(PATCH_WEIGHT)
-    return patch is not None and patch.dim() == 5 and patch.shape[2] > 1
+class InflateConv(Reshape):
+    """A 2D conv of the same width and spatial kernel gains the video model's time axis."""
+    action = 'inflated'
+
+    def __init__(self, method: str) -> None:
+        self.method = check_inflation_method(method)
+
+    def applies(self, key: str, value: torch.Tensor, fresh: torch.Tensor) -> bool:
+        return bool(CONV_KEY.match(key)) and value.dim() == 4 and fresh.dim() == 5 \
+            and fresh.shape[:2] == value.shape[:2] and fresh.shape[3:] == value.shape[2:]
+
+    def apply(self, key: str, value: torch.Tensor,
+              fresh: torch.Tensor) -> Tuple[torch.Tensor, str]:
+        inflated = inflate_conv_weight(value, fresh.shape[2], self.method)
+        return inflated, f'{self.method}, {shape_of(value)} -> {shape_of(fresh)}'
+
+
+def inflation_rules(method: str = DEFAULT_INFLATION) -> FitRules:
+    """The fitting rules that turn an image model's weights into a video model's."""
+    return FitRules(
+        reshapes=(InflateConv(method), InterpolateRelPos()),
+        new=((REL_POS_T_KEY, 'temporal table: an image model has none'),
+             (CLS_TOKEN_KEY, 'the image model had no cls token'),
+             (STAGE_NORM_KEY, 'stage output norm not in the file')),
+        drop=((ABS_POS_KEY, 'absolute position embedding (MViTv2 uses relative positions)'),
+              (CLS_TOKEN_KEY, 'the video model has no cls token'),
+              (STAGE_NORM_KEY, 'stage output norm the video model does not use')))
 
 
 def inflate_state_dict(image_state: Mapping[str, torch.Tensor],
@@ -70,60 +98,10 @@ def inflate_state_dict(image_state: Mapping[str, torch.Tensor],
     Raises:
         ArchitectureMismatchError: widths, depth or kernels do not correspond.
     """
-    if method not in INFLATION_METHODS:
-        raise ValueError(f'inflation method must be one of {INFLATION_METHODS}, got {method!r}')
+    rules = inflation_rules(method)
     if is_video_state(image_state):
         raise ValueError(f'{source_name} is already a video (3D) checkpoint; load it without '
                          'inflation')
     if not is_video_state(video_target):
         raise ValueError(f'{target_name} is not a video (3D) MViTv2; inflation needs one')
-    result: StateDict = OrderedDict()
-    report = KeyReport()
-    mismatches, missing = [], []
-    for key, fresh in video_target.items():
-        value = image_state.get(key)
-        if key.startswith(HEAD_PREFIX):
-            _fit_head(key, value, fresh, result, report)
-        elif value is None:
-            if key.endswith('.rel_pos_t'):
-                reason = 'temporal table: an image model has none'
-            elif key == 'cls_token':
-                reason = 'the image model had no cls token'
-            elif STAGE_NORM_KEY.match(key):
-                reason = 'stage output norm not in the file'
-            else:
-                missing.append(key)
-                continue
-            result[key] = fresh
-            report.add(key, 'newly initialised', reason)
-        elif value.shape == fresh.shape:
-            result[key] = value
-            report.add(key, 'copied')
-        elif (CONV_KEY.match(key) and value.dim() == 4 and fresh.dim() == 5
-              and fresh.shape[:2] == value.shape[:2] and fresh.shape[3:] == value.shape[2:]):
-            result[key] = inflate_conv_weight(value, fresh.shape[2], method)
-            report.add(key, 'inflated', f'{method}, {_shape(value)} -> {_shape(fresh)}')
-        elif REL_POS_KEY.match(key) and value.dim() == 2 and value.shape[1] == fresh.shape[1]:
-            result[key] = resize_rel_pos_table(value, fresh.shape[0]).contiguous()
-            report.add(key, 'interpolated', f'length {value.shape[0]} -> {fresh.shape[0]}')
-        else:
-            mismatches.append((key, _shape(value), _shape(fresh)))
-    unexpected = []
-    for key in image_state:
-        if key in video_target:
-            continue
-        if ABS_POS_KEY.match(key):
-            report.add(key, 'dropped', 'absolute position embedding (MViTv2 uses relative '
-                       'positions)')
-        elif key == 'cls_token':
-            report.add(key, 'dropped', 'the video model has no cls token')
-        elif key.startswith(HEAD_PREFIX):
-            report.add(key, 'dropped', 'the video model has no classifier head here')
-        elif STAGE_NORM_KEY.match(key):
-            report.add(key, 'dropped', 'stage output norm the video model does not use')
-        else:
-            unexpected.append(key)
-    if mismatches or missing or unexpected:
-        raise ArchitectureMismatchError(
-            mismatch_message(source_name, target_name, mismatches, missing, unexpected))
-    return result, report
+    return fit_state_dict(image_state, video_target, rules, source_name, target_name)

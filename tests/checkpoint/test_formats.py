@@ -1,39 +1,56 @@
-"""Format detection and key maps: round trips through files, and numerical parity with the
-installed peers (mmpretrain MViT tiny, mmaction2 MViT small, torchvision mvit_v2_s) whose
-weights reach our backbone only through the converter."""
+"""Checkpoint formats: the registry, detection, key maps and round trips through files, and
+numerical parity with the installed peers (mmpretrain MViT tiny, mmaction2 MViT small,
+torchvision mvit_v2_s) whose weights reach our backbone only through the converter."""
+import pkgutil
+
 import pytest
 import torch
+from helpers import TINY, canonical_with_head, randomise
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (FORMATS, UnknownCheckpointFormatError, detect_format,
-                                     from_canonical, package_checkpoint, read_canonical,
-                                     to_canonical, unwrap_checkpoint)
+from mmvit_plugin.checkpoint import (FORMATS, CheckpointFormat, UnknownCheckpointFormatError,
+                                     detect_format, from_canonical, get_format,
+                                     package_checkpoint, read_canonical, to_canonical,
+                                     unwrap_checkpoint)
+from mmvit_plugin.checkpoint import formats as formats_package
+from mmvit_plugin.checkpoint.formats.base import RenameFormat
 from mmvit_plugin.models.mvitv2 import MViTv2
 
-TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))
 IMAGE = dict(TINY, img_size=(64, 64))
 VIDEO = dict(TINY, img_size=(4, 64, 64), video=True, with_cls_token=True)
 
 
-def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Distinct random values everywhere (norm weights near 1), so mix-ups show."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=gen) * 0.05
-            is_norm_scale = 'norm' in name and name.endswith('weight') and param.dim() == 1
-            param.copy_(noise + 1.0 if is_norm_scale else noise)
-    module.eval()  # (mmpretrain's MViT.train returns None, so no chaining)
-    return module
+def test_registry_holds_one_format_per_module_in_priority_order():
+    modules = {m.name for m in pkgutil.iter_modules(formats_package.__path__)} - {'base'}
+    assert set(FORMATS) == modules
+    priorities = [fmt.priority for fmt in FORMATS.values()]
+    assert priorities == sorted(priorities) and len(set(priorities)) == len(priorities)
+    for name, fmt in FORMATS.items():
+        assert isinstance(fmt, CheckpointFormat) and fmt.name == name
+        assert fmt.description and '\n' not in fmt.description and fmt.signature
+        assert fmt.head_prefix(False).endswith('.') and fmt.head_prefix(True).endswith('.')
+    with pytest.raises(UnknownCheckpointFormatError, match='supported formats'):
+        get_format('caffe')
 
 
-def canonical_with_head(arch: dict, classes: int = 7, seed: int = 0) -> dict:
-    model = randomise(MViTv2(arch=arch), seed)
-    state = dict(model.state_dict())
-    gen = torch.Generator().manual_seed(seed + 1)
-    state['head.projection.weight'] = torch.randn(classes, model.num_features, generator=gen)
-    state['head.projection.bias'] = torch.randn(classes, generator=gen)
-    return state
+@pytest.mark.parametrize('name', [n for n, f in FORMATS.items() if isinstance(f, RenameFormat)])
+def test_rename_formats_invert_their_one_table(name):
+    fmt = FORMATS[name]
+    assert fmt.renames or fmt.backbone_prefix
+    for mine, canonical in fmt.renames:
+        for template, other in ((mine, canonical), (canonical, mine)):
+            key = template.format(i=7, x='k') + 'weight'
+            expected = other.format(i=7, x='k') + 'weight'
+            state = {key: torch.zeros(1)}
+            if template is mine:
+                got = fmt.to_canonical({fmt.backbone_prefix + key: torch.zeros(1)})
+                assert list(got) == [expected], (key, list(got))
+            else:
+                got = fmt.from_canonical(state)
+                assert list(got) == [fmt.backbone_prefix + expected], (key, list(got))
+    # a key the table does not know passes through both ways
+    assert list(fmt.from_canonical({'blocks.0.attn.qkv.bias': torch.zeros(1)})) == \
+        [fmt.backbone_prefix + 'blocks.0.attn.qkv.bias']
 
 
 @pytest.mark.parametrize('arch', [IMAGE, VIDEO], ids=['image', 'video'])

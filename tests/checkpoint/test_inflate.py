@@ -1,29 +1,26 @@
 """2D -> 3D inflation: kernels, tables, cls token, head, position embeddings, the key log, and
 what a clip of one repeated image gives."""
 import logging
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import TINY
+from helpers import fresh_mvitv2 as fresh
+
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (ArchitectureMismatchError, from_canonical,
-                                     inflate_conv_weight, inflate_state_dict,
-                                     package_checkpoint)
+from mmvit_plugin.checkpoint import (INFLATION_METHODS, ArchitectureMismatchError,
+                                     check_inflation_method, from_canonical,
+                                     inflate_conv_weight, inflate_into_model,
+                                     inflate_state_dict, inflation_rules, package_checkpoint)
 from mmvit_plugin.checkpoint.load import log_report
 from mmvit_plugin.models.mvitv2 import MViTv2
 
-TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))
 IMAGE = dict(TINY, img_size=(64, 64))
 VIDEO = dict(TINY, img_size=(8, 64, 64), video=True, with_cls_token=True)
 ACTIONS = {'copied', 'inflated', 'interpolated', 'newly initialised', 'dropped'}
-
-
-def fresh(arch: dict, seed: int = 0, **kwargs) -> MViTv2:
-    torch.manual_seed(seed)
-    model = MViTv2(arch=arch, **kwargs)
-    model.init_weights()
-    return model.eval()
 
 
 @pytest.mark.parametrize('method', ['center', 'average'])
@@ -149,16 +146,40 @@ def test_repeated_image_clip_gives_the_image_patch_embedding(method):
     assert cosine > 0.5
 
 
-def test_init_cfg_and_hook_entry_inflate_a_2d_file(tmp_path):
+def test_one_method_check_for_every_entry():
+    assert check_inflation_method('average') == 'average'
+    for entry in (lambda: check_inflation_method('middle', 'WeightInflationHook method'),
+                  lambda: inflation_rules('middle'),
+                  lambda: inflate_conv_weight(torch.zeros(1, 1, 3, 3), 3, 'middle'),
+                  lambda: inflate_into_model(fresh(VIDEO), 'x.pth', 'middle')):
+        with pytest.raises(ValueError, match=re.escape(f'must be one of {INFLATION_METHODS}')):
+            entry()
+
+
+def test_inflate_into_model_is_the_way_from_a_2d_file(tmp_path):
     image_model = fresh(IMAGE)
     path = tmp_path / 'image_official.pyth'
     torch.save(package_checkpoint(from_canonical(image_model.state_dict(), 'official'),
                                   'official'), path)
-    video = MViTv2(arch=VIDEO, init_cfg=dict(type='Pretrained', checkpoint=str(path),
-                                             inflate='average'))
-    video.init_weights()
+    video = fresh(VIDEO, seed=1)
+    report = inflate_into_model(video, str(path), 'average')
+    assert 'patch_embed.proj.weight' in report.keys_with('inflated')
     torch.testing.assert_close(video.patch_embed.proj.weight,
                                inflate_conv_weight(image_model.patch_embed.proj.weight, 3,
                                                    'average'))
     assert torch.equal(video.blocks[2].mlp.fc1.weight, image_model.blocks[2].mlp.fc1.weight)
     assert video.blocks[0].attn.rel_pos_t.abs().sum() > 0  # official init, not zeros
+
+
+def test_init_cfg_refuses_a_2d_file_for_a_video_backbone_naming_the_hook(tmp_path):
+    path = tmp_path / 'image_official.pyth'
+    torch.save(package_checkpoint(from_canonical(fresh(IMAGE).state_dict(), 'official'),
+                                  'official'), path)
+    video = MViTv2(arch=VIDEO, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(ArchitectureMismatchError) as err:
+        video.init_weights()
+    assert str(path) in str(err.value) and "type='WeightInflationHook'" in str(err.value)
+    with_inflate = MViTv2(arch=VIDEO, init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                                    inflate='center'))
+    with pytest.raises(ValueError, match='no inflate field.*WeightInflationHook'):
+        with_inflate.init_weights()

@@ -3,14 +3,14 @@ head handling, and the backbone's init_cfg for every format."""
 import pytest
 import torch
 
-import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (FORMATS, ArchitectureMismatchError, fit_to_target,
-                                     from_canonical, init_backbone_from_checkpoint,
-                                     package_checkpoint)
-from mmvit_plugin.checkpoint.adapt import default_allow_new
-from mmvit_plugin.models.mvitv2 import MViTv2
+from helpers import TINY
+from mmengine.registry import WEIGHT_INITIALIZERS
 
-TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))
+import mmvit_plugin  # noqa: F401
+from mmvit_plugin.checkpoint import (EXACT, FINE_TUNING, FORMATS, ArchitectureMismatchError,
+                                     MViTv2Pretrained, fit_state_dict, from_canonical,
+                                     package_checkpoint)
+from mmvit_plugin.models.mvitv2 import MViTv2
 
 
 def trained_like(arch: dict, seed: int = 0, **kwargs) -> MViTv2:
@@ -25,7 +25,7 @@ def trained_like(arch: dict, seed: int = 0, **kwargs) -> MViTv2:
 
 
 def load_fitted(model: MViTv2, source_state: dict) -> None:
-    state, _ = fit_to_target(source_state, model.state_dict(), default_allow_new)
+    state, _ = fit_state_dict(source_state, model.state_dict(), FINE_TUNING)
     model.load_state_dict(state, strict=True)
 
 
@@ -40,7 +40,7 @@ def test_other_input_size_interpolates_tables(small_size, large_size):
     state = source.state_dict()
 
     same = MViTv2(arch=dict(arch, img_size=small_size), out_type='featmap').eval()
-    state_same, report_same = fit_to_target(state, same.state_dict())
+    state_same, report_same = fit_state_dict(state, same.state_dict())
     assert set(report_same.counts()) == {'copied'}
     same.load_state_dict(state_same)
     x_small = torch.randn(1, 3, *small_size)
@@ -48,7 +48,7 @@ def test_other_input_size_interpolates_tables(small_size, large_size):
         assert torch.equal(same(x_small)[0], source(x_small)[0])
 
     large = MViTv2(arch=dict(arch, img_size=large_size), out_type='featmap').eval()
-    fitted, report = fit_to_target(state, large.state_dict())
+    fitted, report = fit_state_dict(state, large.state_dict())
     interpolated = report.keys_with('interpolated')
     assert interpolated and all('rel_pos' in k for k in interpolated)
     if video:
@@ -82,7 +82,7 @@ def test_another_architecture_lists_first_mismatching_keys_and_shapes():
     wider = MViTv2(arch=dict(TINY, embed_dim=24, depth=5, stage_starts=(1, 3, 4),
                              img_size=(64, 64)))
     with pytest.raises(ArchitectureMismatchError) as err:
-        fit_to_target(tiny, wider.state_dict(), source_name='tiny.pth',
+        fit_state_dict(tiny, wider.state_dict(), source_name='tiny.pth',
                       target_name='MViTv2(embed_dim=24)')
     message = str(err.value)
     assert 'tiny.pth does not fit MViTv2(embed_dim=24)' in message
@@ -96,18 +96,18 @@ def test_dim_mul_in_att_mismatch_is_an_architecture_error():
     off = MViTv2(arch=dict(TINY, dim_mul_in_att=False, img_size=(64, 64))).state_dict()
     on = MViTv2(arch=dict(TINY, img_size=(64, 64))).state_dict()
     with pytest.raises(ArchitectureMismatchError, match=r'blocks\.\d\.attn\.qkv\.weight'):
-        fit_to_target(off, on)
+        fit_state_dict(off, on)
 
 
 def test_unused_cls_token_is_dropped_and_missing_one_is_new():
     plain = MViTv2(arch=dict(TINY, img_size=(64, 64)))
     with_cls = MViTv2(arch=dict(TINY, img_size=(64, 64), with_cls_token=True))
     state = dict(plain.state_dict(), cls_token=torch.randn(1, 1, 16))
-    fitted, report = fit_to_target(state, plain.state_dict())
+    fitted, report = fit_state_dict(state, plain.state_dict())
     assert 'cls_token' not in fitted and report.keys_with('dropped') == ['cls_token']
     with pytest.raises(ArchitectureMismatchError, match='cls_token'):
-        fit_to_target(plain.state_dict(), with_cls.state_dict())  # strict: must be in the file
-    fitted, report = fit_to_target(plain.state_dict(), with_cls.state_dict(), default_allow_new)
+        fit_state_dict(plain.state_dict(), with_cls.state_dict(), EXACT)  # strict: must be in the file
+    fitted, report = fit_state_dict(plain.state_dict(), with_cls.state_dict(), FINE_TUNING)
     assert report.keys_with('newly initialised') == ['cls_token']
 
 
@@ -117,9 +117,9 @@ def test_head_kept_or_dropped_by_class_count():
               torch.randn(10)}
     head3 = {'head.projection.weight': torch.zeros(3, 128), 'head.projection.bias':
              torch.zeros(3)}
-    fitted, report = fit_to_target(dict(backbone, **head10), dict(backbone, **head10))
+    fitted, report = fit_state_dict(dict(backbone, **head10), dict(backbone, **head10))
     assert torch.equal(fitted['head.projection.weight'], head10['head.projection.weight'])
-    fitted, report = fit_to_target(dict(backbone, **head10), dict(backbone, **head3))
+    fitted, report = fit_state_dict(dict(backbone, **head10), dict(backbone, **head3))
     assert torch.equal(fitted['head.projection.weight'], head3['head.projection.weight'])
     assert set(report.keys_with('dropped')) == set(head3)
     assert set(report.keys_with('newly initialised')) == set(head3)
@@ -128,7 +128,7 @@ def test_head_kept_or_dropped_by_class_count():
 def test_multi_scale_backbone_gets_fresh_stage_norms():
     source = MViTv2(arch=dict(TINY, img_size=(64, 64))).state_dict()
     multi = MViTv2(arch=dict(TINY, img_size=(64, 64)), out_indices=(0, 1, 2, 3))
-    fitted, report = fit_to_target(source, multi.state_dict(), default_allow_new)
+    fitted, report = fit_state_dict(source, multi.state_dict(), FINE_TUNING)
     assert sorted(report.keys_with('newly initialised')) == [
         f'norm{i}.{p}' for i in range(3) for p in ('bias', 'weight')]
     multi.load_state_dict(fitted, strict=True)
@@ -149,8 +149,20 @@ def test_init_cfg_accepts_every_format_and_ignores_the_head(tmp_path, fmt):
         assert torch.equal(target.state_dict()[key], value), key
 
 
-def test_init_cfg_rejects_unknown_fields():
-    backbone = MViTv2(arch=dict(TINY, img_size=(64, 64)))
+def test_init_cfg_builds_the_registered_initializer_and_rejects_unknown_fields(tmp_path):
+    assert WEIGHT_INITIALIZERS.get('MViTv2Pretrained') is MViTv2Pretrained
+    backbone = MViTv2(arch=dict(TINY, img_size=(64, 64)),
+                      init_cfg=dict(type='Pretrained', checkpoint='x.pth', inflation='center'))
     with pytest.raises(ValueError, match="unknown fields \\['inflation'\\]"):
-        init_backbone_from_checkpoint(backbone, dict(type='Pretrained', checkpoint='x.pth',
-                                                     inflation='center'))
+        backbone.init_weights()
+    with pytest.raises(ValueError, match="needs 'checkpoint'"):
+        MViTv2Pretrained()
+    with pytest.raises(ValueError, match="prefix='head.'"):
+        MViTv2Pretrained(checkpoint='x.pth', prefix='head.')
+    # the initializer also loads a backbone directly, as mmengine's initialize() calls it
+    source = trained_like(dict(TINY, img_size=(64, 64)), seed=2)
+    path = tmp_path / 'plain.pth'
+    torch.save(package_checkpoint(from_canonical(source.state_dict(), 'mmvit'), 'mmvit'), path)
+    target = MViTv2(arch=dict(TINY, img_size=(64, 64)))
+    WEIGHT_INITIALIZERS.build(dict(type='MViTv2Pretrained', checkpoint=str(path)))(target)
+    assert torch.equal(target.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)

@@ -1,47 +1,32 @@
 """tools/convert_checkpoint.py: detection, strict loading into the config's model (head
-included), the table's configs, clear errors, and refusal of files that would run code."""
-import importlib.util
+included), the table's configs, other output formats, README's format table, clear errors,
+refusal of files that would run code and of non-finite weights."""
 import os.path as osp
+import subprocess
+import sys
 
 import pytest
 import torch
+from helpers import REPO, TINY, canonical_with_head, load_tool, write_payload_checkpoint
 from mmengine.config import Config
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import from_canonical, package_checkpoint
-from mmvit_plugin.checkpoint.arch_info import (arch_name_for, config_for, decide_cls_token,
-                                               infer_arch)
+from mmvit_plugin.checkpoint import (FORMATS, arch_name_for, decide_cls_token, from_canonical,
+                                     markdown_table, package_checkpoint, read_canonical)
 from mmvit_plugin.checkpoint.load import canonical_from_object
+from mmvit_plugin.core.infer import infer_arch
 from mmvit_plugin.models.mvitv2 import MViTv2
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))
-
+REPO = str(REPO)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint', osp.join(REPO, 'tools', 'convert_checkpoint.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_tool('tools/convert_checkpoint.py')
 
 
 def official_state(arch, classes: int, extra_cls: bool, seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    model = MViTv2(arch=arch)
-    model.init_weights()
-    state = dict(model.state_dict())
-    if extra_cls:  # official in1k image files carry an unused cls_token
-        state = dict(cls_token=torch.randn(1, 1, model.arch.embed_dim), **state)
-    state['head.projection.weight'] = torch.randn(classes, model.num_features) * 0.02
-    state['head.projection.bias'] = torch.randn(classes) * 0.02
-    return state
+    """Official-init weights (extra_cls: the unused cls_token of official in1k image files)."""
+    return canonical_with_head(arch, classes, seed, random=False, cls_token=extra_cls)
 
 
 def test_official_t_converts_and_loads_strictly_into_the_t_config(tmp_path, capsys):
@@ -75,8 +60,7 @@ def test_official_t_converts_and_loads_strictly_into_the_t_config(tmp_path, caps
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('fmt', ['official', 'slowfast', 'mmpretrain', 'mmaction2', 'timm',
-                                 'torchvision', 'mmvit'])
+@pytest.mark.parametrize('fmt', list(FORMATS))
 def test_every_format_converts_to_the_plugin_layout(tmp_path, fmt):
     video = fmt in ('slowfast', 'mmaction2', 'torchvision')
     arch = dict(TINY, img_size=(4, 64, 64), video=True, with_cls_token=True) if video \
@@ -125,9 +109,9 @@ def test_table_models_map_to_their_configs(arch, classes, unused_cls, config):
     loaded = canonical_from_object(package_checkpoint(state, fmt, cfg_yaml=cfg_yaml), 'file')
     info = infer_arch(loaded.state)
     uses_cls, _ = decide_cls_token(info, loaded.fmt, loaded.info.get('cfg'))
-    name = arch_name_for(info, uses_cls)
+    name = arch_name_for(info.arch, uses_cls)
     assert name == arch and cfg.model.backbone.arch == arch
-    assert config_for(name, info.num_classes) == config
+    assert tool.config_for(name, info.num_classes) == config
     if not uses_cls:
         loaded.state.pop('cls_token', None)
     converted = from_canonical(loaded.state, 'mmvit')
@@ -182,21 +166,11 @@ class OldConfigObject:
         self.text = text
 
 
-class WriteFilePayload:
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (exec, (f'open({self.target!r}, "w").write("pwned")',))
-
-
 def test_converter_refuses_code_and_trusts_only_on_request(tmp_path, capsys):
     marker = tmp_path / 'pwned.txt'
     state = official_state(dict(TINY, img_size=(64, 64)), 10, extra_cls=False)
     evil = tmp_path / 'evil.pyth'
-    torch.save(dict(package_checkpoint(state, 'official'), cfg=WriteFilePayload(str(marker))),
-               evil)
+    write_payload_checkpoint(evil, marker, package_checkpoint(state, 'official'), where='cfg')
     assert tool.main([str(evil), str(tmp_path / 'o.pth')]) == 1
     err = capsys.readouterr().err
     assert 'refusing' in err and 'exec' in err and '--trust-checkpoint' in err
@@ -211,3 +185,59 @@ def test_converter_refuses_code_and_trusts_only_on_request(tmp_path, capsys):
     # the converted file is plain weights: it loads with weights_only and no trust
     assert 'backbone.patch_embed.proj.weight' in torch.load(tmp_path / 'o.pth',
                                                             weights_only=True)['state_dict']
+
+
+def test_readme_holds_the_registry_table():
+    listed = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'convert_checkpoint.py'),
+                             '--list-formats'], capture_output=True, text=True, check=True,
+                            cwd=REPO).stdout.strip()
+    assert listed == markdown_table()
+    for name in FORMATS:
+        assert f'\n| {name} |' in listed
+    with open(osp.join(REPO, 'README.md'), encoding='utf-8') as f:
+        readme = f.read()
+    assert f'\n{listed}\n' in readme, 'README.md: paste the output of ' \
+        'python tools/convert_checkpoint.py --list-formats over its table of formats'
+
+
+def test_choices_come_from_the_registry():
+    for option in ('--src-format', '--dst-format'):
+        with pytest.raises(SystemExit):
+            tool.parse_args(['a.pth', 'b.pth', option, 'caffe'])
+        for name in FORMATS:
+            assert getattr(tool.parse_args(['a.pth', 'b.pth', option, name]),
+                           option[2:].replace('-', '_')) == name
+
+
+@pytest.mark.parametrize('dst_format', [f for f in FORMATS if f != 'mmvit'])
+def test_dst_format_writes_that_format(tmp_path, dst_format):
+    video = dst_format in ('slowfast', 'mmaction2', 'torchvision')
+    arch = dict(TINY, img_size=(4, 64, 64), video=True, with_cls_token=True) if video \
+        else dict(TINY, img_size=(64, 64))
+    state = canonical_with_head(arch, 6)
+    src = tmp_path / 'src.pth'
+    torch.save(package_checkpoint(from_canonical(state, 'mmvit'), 'mmvit'), src)
+    dst = tmp_path / f'out_{dst_format}.pth'
+    assert tool.main([str(src), str(dst), '--dst-format', dst_format]) == 0
+    back = read_canonical(str(dst))
+    assert back.fmt == dst_format
+    assert set(back.state) == set(state)
+    for key, value in state.items():
+        assert torch.equal(back.state[key], value), key
+
+
+def test_nonfinite_weights_are_refused_unless_allowed(tmp_path, capsys):
+    state = official_state(dict(TINY, img_size=(64, 64)), 10, extra_cls=False)
+    state['blocks.1.attn.qkv.weight'][0, 0] = float('nan')
+    state['blocks.2.mlp.fc1.bias'][3] = float('inf')
+    src = tmp_path / 'nan.pyth'
+    torch.save(package_checkpoint(state, 'official'), src)
+    dst = tmp_path / 'o.pth'
+    assert tool.main([str(src), str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert str(src) in err and '2 of' in err and 'NaN or Inf' in err
+    assert 'blocks.1.attn.qkv.weight' in err and '--allow-nonfinite' in err
+    assert not dst.exists()
+    assert tool.main([str(src), str(dst), '--allow-nonfinite']) == 0
+    out = torch.load(dst, weights_only=True)['state_dict']
+    assert torch.isnan(out['backbone.blocks.1.attn.qkv.weight']).any()

@@ -1,21 +1,16 @@
 """Full-size parity of converted peer weights (not a test; the tests run smaller inputs).
 
-    python tests/checkpoint/peer_parity.py
+    python tools/analysis/peer_parity.py
 
 Random weights in the installed peers (mmpretrain MViT tiny, mmaction2 MViT small,
 torchvision mvit_v2_s) reach our backbone only through the checkpoint converter; prints the
 largest output difference at the official input sizes.
 """
-import os.path as osp
-import sys
-
 import torch
+from common import randomise  # this script's folder is first on sys.path
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from test_formats import randomise  # noqa: E402
-
-from mmvit_plugin.checkpoint import detect_format, to_canonical  # noqa: E402
-from mmvit_plugin.models.mvitv2 import MViTv2  # noqa: E402
+from mmvit_plugin.checkpoint import detect_format, to_canonical
+from mmvit_plugin.models.mvitv2 import MViTv2
 
 
 def converted(file_state: dict, **model_kwargs) -> MViTv2:

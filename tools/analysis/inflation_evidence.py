@@ -1,10 +1,10 @@
 """Measure how 'center' and 'average' inflation carry an image MViTv2 over to video.
 
-Not a test (no ``test_`` prefix): run ``python tests/checkpoint/inflation_evidence.py`` to print
-the figures quoted in the README. A randomly initialised (official init) image model is
-inflated into the video model of the same size; a clip made of one real photo repeated over
-time goes through both, and we report, per inflation method, how far the video model's patch
-embedding (per temporal position) and final features are from the image model's.
+Run ``python tools/analysis/inflation_evidence.py`` to print the figures quoted in the README.
+A randomly initialised (official init) image model is inflated into the video model of the same
+size; a clip made of one real photo repeated over time goes through both, and we report, per
+inflation method, how far the video model's patch embedding (per temporal position) and final
+features are from the image model's.
 """
 import argparse
 import os.path as osp

@@ -1,0 +1,99 @@
+"""Helpers shared by the test files: tool loading, models from configs, random weights, canonical
+state dicts with a head, and a crafted checkpoint whose unpickling would run code.
+
+Importable as ``helpers`` from every test (pytest puts ``tests/`` on ``sys.path`` for
+``tests/conftest.py``).
+"""
+import functools
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Dict, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / 'configs'
+
+#: A four-block MViTv2 small enough for every unit test.
+TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))
+TINY_IMAGE = dict(TINY, img_size=(64, 64))
+TINY_VIDEO = dict(TINY, img_size=(4, 64, 64), video=True, with_cls_token=True)
+
+
+@functools.lru_cache(maxsize=None)
+def load_tool(relative_path: str) -> ModuleType:
+    """A script under the repository (e.g. 'tools/convert_checkpoint.py') as a module."""
+    path = REPO / relative_path
+    name = 'tool_' + '_'.join(Path(relative_path).with_suffix('').parts)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_model_from_config(config: str) -> torch.nn.Module:
+    """The model of a plugin config, built the way tools/convert_checkpoint.py builds it."""
+    return load_tool('tools/convert_checkpoint.py').build_model_from_config(str(config))
+
+
+def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Distinct random values everywhere (norm scales near 1), eval mode; see
+    tools/analysis/common.py, which the analysis scripts share."""
+    return load_tool('tools/analysis/common.py').randomise(module, seed)
+
+
+def fresh_mvitv2(arch, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """An MViTv2 with the official initialisation drawn from ``seed``, in eval mode."""
+    from mmvit_plugin.models.mvitv2 import MViTv2
+    torch.manual_seed(seed)
+    model = MViTv2(arch=arch, **kwargs)
+    model.init_weights()
+    return model.eval()
+
+
+def canonical_with_head(arch, classes: int = 7, seed: int = 0, random: bool = True,
+                        cls_token: bool = False) -> Dict[str, torch.Tensor]:
+    """Canonical weights of an MViTv2 of ``arch`` plus a ``head.projection`` of ``classes``.
+
+    ``random``: distinct random values (else the official init); ``cls_token``: add an unused
+    token, as the official in1k image files carry.
+    """
+    model = fresh_mvitv2(arch, seed)
+    if random:
+        randomise(model, seed)
+    state = dict(model.state_dict())
+    gen = torch.Generator().manual_seed(seed + 1)
+    if cls_token:
+        state = dict(cls_token=torch.randn(1, 1, model.arch.embed_dim, generator=gen), **state)
+    state['head.projection.weight'] = torch.randn(classes, model.num_features,
+                                                  generator=gen) * 0.02
+    state['head.projection.bias'] = torch.randn(classes, generator=gen) * 0.02
+    return state
+
+
+class WriteFilePayload:
+    """Unpickling this object writes a file: stands for arbitrary code in a checkpoint."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (exec, (f'open({self.target!r}, "w").write("pwned")',))
+
+
+def write_payload_checkpoint(path, marker, checkpoint: Optional[dict] = None,
+                             where: str = 'meta') -> None:
+    """Save ``checkpoint`` (default: a tiny plugin checkpoint) with the payload under
+    ``where``; loading the file with full unpickling would create ``marker``."""
+    if checkpoint is None:
+        from mmvit_plugin.models.mvitv2 import MViTv2
+        state = MViTv2(arch=TINY_IMAGE).state_dict()
+        checkpoint = {'meta': {}, 'state_dict': {'backbone.' + k: v for k, v in state.items()}}
+    checkpoint = dict(checkpoint)
+    payload = WriteFilePayload(str(marker))
+    if where == 'meta':
+        checkpoint['meta'] = dict(checkpoint.get('meta') or {}, note=payload)
+    else:
+        checkpoint[where] = payload
+    torch.save(checkpoint, path)
