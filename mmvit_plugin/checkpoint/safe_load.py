@@ -128,7 +128,7 @@ def trusted_checkpoints(*paths: PathLike) -> Iterator[None]:
 
 
 def is_trusted_checkpoint(path: PathLike) -> bool:
-    """Whether the user named ``path`` in ``MMVIT_TRUSTED_CHECKPOINTS`` / ``trusted_checkpoints``."""
+    """Whether the user trusts ``path`` (MMVIT_TRUSTED_CHECKPOINTS or trusted_checkpoints)."""
     entries = [e for e in os.environ.get(TRUSTED_ENV, '').split(os.pathsep) if e]
     relative = [e for e in entries if not os.path.isabs(os.path.expanduser(e))]
     if relative:
