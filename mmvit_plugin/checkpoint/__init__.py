@@ -13,10 +13,10 @@ from .inflate import (DEFAULT_INFLATION, INFLATION_METHODS, inflate_conv_weight,
 from .load import (LoadedCheckpoint, canonical_model_state, convert_checkpoint_for_model,
                    inflate_into_model, init_backbone_from_checkpoint, read_canonical)
 from .safe_load import (CheckpointReadError, UnsafeCheckpointError, load_checkpoint_file,
-                        register_mmengine_local_loader, register_mmengine_safe_globals)
+                        register_mmengine_loaders, register_mmengine_safe_globals)
 
 register_mmengine_safe_globals()
-register_mmengine_local_loader()
+register_mmengine_loaders()
 
 __all__ = [
     'ArchitectureMismatchError', 'KeyReport', 'fit_to_target', 'CheckpointArch', 'config_for',

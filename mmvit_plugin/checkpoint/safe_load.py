@@ -11,13 +11,16 @@ torch's ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` does not override (it only changes 
 mmengine's own training checkpoints need a few more globals than torch allows by default (the
 message hub's ``HistoryBuffer``, numpy arrays, dtypes and scalars, and ``getattr`` to find
 HistoryBuffer's statistics methods); ``register_mmengine_safe_globals`` allows exactly those.
-``register_mmengine_local_loader`` makes this reader mmengine's loader for local paths, so the
+``register_mmengine_loaders`` makes this reader mmengine's loader for local paths, so the
 runner's ``load_from`` and resume, ``mmengine.runner.load_checkpoint``, mmaction2's
-``init_recognizer`` and mmpretrain's ``get_model(pretrained=...)`` all read through it.
+``init_recognizer`` and mmpretrain's ``get_model(pretrained=...)`` all read through it; the
+remote loaders mmengine has (https, open-mmlab://, torchvision://, s3, ...) are wrapped so that
+their own ``torch.load`` is weights-only too.
 
 Full unpickling is only ever explicit: ``trusted=True`` here, or, for files that mmengine reads,
 naming them in the ``MMVIT_TRUSTED_CHECKPOINTS`` environment variable (absolute paths separated
-by ``os.pathsep``) or within ``with trusted_checkpoints(path): ...``.
+by ``os.pathsep``) or within ``with trusted_checkpoints(path_or_url): ...``. torch's own
+environment variables never imply trust.
 """
 import _compat_pickle
 import contextlib
@@ -118,7 +121,8 @@ def register_mmengine_safe_globals() -> None:
 @contextlib.contextmanager
 def trusted_checkpoints(*paths: PathLike) -> Iterator[None]:
     """Within the block, files at ``paths`` are fully unpickled when mmengine reads them."""
-    added = [os.path.realpath(os.path.expanduser(os.fspath(p))) for p in paths]
+    added = [os.fspath(p) if '://' in os.fspath(p) else
+             os.path.realpath(os.path.expanduser(os.fspath(p))) for p in paths]
     _trusted_in_context.extend(added)
     try:
         yield
@@ -128,7 +132,14 @@ def trusted_checkpoints(*paths: PathLike) -> Iterator[None]:
 
 
 def is_trusted_checkpoint(path: PathLike) -> bool:
-    """Whether the user trusts ``path`` (MMVIT_TRUSTED_CHECKPOINTS or trusted_checkpoints)."""
+    """Whether the user trusts ``path`` (MMVIT_TRUSTED_CHECKPOINTS or trusted_checkpoints).
+
+    The variable lists absolute file paths; a URL (``https://...``, ``open-mmlab://...``) can
+    only be trusted with ``trusted_checkpoints(url)``, matched exactly.
+    """
+    path = os.fspath(path)
+    if '://' in path:
+        return path in _trusted_in_context
     entries = [e for e in os.environ.get(TRUSTED_ENV, '').split(os.pathsep) if e]
     relative = [e for e in entries if not os.path.isabs(os.path.expanduser(e))]
     if relative:
@@ -137,7 +148,7 @@ def is_trusted_checkpoint(path: PathLike) -> bool:
                          f'{os.pathsep!r}')
     trusted = {os.path.realpath(os.path.expanduser(e)) for e in entries}
     trusted.update(_trusted_in_context)
-    return os.path.realpath(os.fspath(path)) in trusted
+    return os.path.realpath(path) in trusted
 
 
 # ----------------------------------------------------------------------------- file checks
@@ -420,9 +431,65 @@ def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any
     return load_checkpoint_file(path, map_location=map_location, trusted=trusted)
 
 
-def register_mmengine_local_loader() -> None:
-    """Make mmengine read every local checkpoint path through ``load_checkpoint_file``."""
+@contextlib.contextmanager
+def _torch_weights_only_env(weights_only: bool) -> Iterator[None]:
+    """Make every ``torch.load`` in the block weights-only (or not), whatever its caller says.
+
+    For mmengine's remote loaders, which call ``torch.load`` themselves (its https loader goes
+    through ``torch.hub.load_state_dict_from_url``, which passes ``weights_only=False``).
+    """
+    names = ('TORCH_FORCE_WEIGHTS_ONLY_LOAD', 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD')
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ[names[0 if weights_only else 1]] = '1'
+    os.environ.pop(names[1 if weights_only else 0], None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _weights_only_remote(loader: Callable) -> Callable:
+    """Wrap one of mmengine's remote loaders (https, open-mmlab://, s3, ...) to load safely."""
+
+    def load(filename: str, map_location: Any = None, *args, **kwargs) -> Any:
+        trusted = is_trusted_checkpoint(filename)
+        if trusted:
+            warnings.warn(f'{filename}: loading with full unpickling because it is trusted; '
+                          'this runs any code the file contains')
+        with _torch_weights_only_env(not trusted):
+            try:
+                obj = loader(filename, map_location, *args, **kwargs)
+            except pickle.UnpicklingError as err:
+                raise UnsafeCheckpointError(
+                    f'{filename}: refusing to load this checkpoint: it contains Python objects '
+                    f'that are not plain weights ({_unpickler_reason(err)}). '
+                    f'{_trust_advice()}') from None
+        bad = None if trusted else _non_numeric_numpy(obj)
+        if bad:
+            raise UnsafeCheckpointError(
+                f'{filename}: refusing to load this checkpoint: {bad[0]} is a numpy object of '
+                f'dtype {bad[1]}; only numeric numpy arrays are allowed. {_trust_advice()}')
+        return obj
+
+    load.__name__ = loader.__name__  # mmengine logs "Loads checkpoint by <name[10:]> backend"
+    load.__doc__ = loader.__doc__
+    load.mmvit_weights_only = True
+    return load
+
+
+def register_mmengine_loaders() -> None:
+    """Make mmengine read every checkpoint weights-only: local paths through
+    ``load_checkpoint_file``, and its remote loaders (registered by then) wrapped so that their
+    own ``torch.load`` is weights-only (see ``_torch_weights_only_env``)."""
     from mmengine.runner.checkpoint import CheckpointLoader
+    for prefix, loader in list(CheckpointLoader._schemes.items()):
+        if prefix and not getattr(loader, 'mmvit_weights_only', False):
+            CheckpointLoader.register_scheme(prefixes=prefix, loader=_weights_only_remote(loader),
+                                             force=True)
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only,
                                      force=True)
 

@@ -58,7 +58,7 @@ class CheckpointFormatHook(Hook):
 
     def before_run(self, runner) -> None:
         # load_from and resume files are checked by the safe reader mmengine now calls
-        # (safe_load.register_mmengine_local_loader); only the work dir's last_checkpoint
+        # (safe_load.register_mmengine_loaders); only the work dir's last_checkpoint
         # record is known here, so an empty or relative one is named before resuming.
         if not getattr(runner, '_has_loaded', False) and runner._resume and \
                 runner._load_from is None:

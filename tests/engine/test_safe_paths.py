@@ -107,9 +107,9 @@ def crafted(path, marker, legacy: bool, state=None) -> str:
     return str(path)
 
 
-def assert_refused(err, path, marker) -> None:
+def assert_refused(err, path, marker, global_name: str = 'builtins.exec') -> None:
     message = str(err.value)
-    assert str(path) in message and 'builtins.exec' in message, message
+    assert str(path) in message and global_name in message, message
     assert not marker.exists()
 
 
@@ -288,3 +288,34 @@ def test_mmengine_load_checkpoint_never_runs_a_crafted_file(tmp_path, legacy):
     model = torch.nn.Linear(2, 2)
     load_checkpoint(model, str(plain), map_location='cpu', strict=True)
     assert torch.equal(model.weight, torch.ones(2, 2))
+
+
+def test_mmengine_remote_loaders_are_weights_only(tmp_path, monkeypatch):
+    """https (torch.hub passes weights_only=False) and open-mmlab:// read from their caches,
+    so no network is needed: both refuse the payload; a trusted URL is the explicit way."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from mmvit_plugin.checkpoint.safe_load import trusted_checkpoints
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    monkeypatch.setenv('MMENGINE_HOME', str(tmp_path / 'mmengine_home'))
+    marker = tmp_path / 'pwned.txt'
+    (tmp_path / 'torch_home' / 'hub' / 'checkpoints').mkdir(parents=True)
+    crafted(tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'evil.pth', marker, legacy=False)
+    (tmp_path / 'mmengine_home').mkdir()
+    crafted(tmp_path / 'mmengine_home' / 'evil.pth', marker, legacy=True)
+    (tmp_path / 'mmengine_home' / 'open_mmlab.json').write_text('{"mmvit_evil": "evil.pth"}')
+    url = 'https://example.invalid/models/evil.pth'
+    for name in (url, 'open-mmlab://mmvit_evil'):
+        with pytest.raises(UnsafeCheckpointError) as err:
+            _load_checkpoint(name, map_location='cpu', logger='silent')
+        # torch's unpickler words it "GLOBAL exec" (it drops "builtins.")
+        assert_refused(err, name, marker, global_name='GLOBAL exec')
+        assert os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] == '1'  # restored afterwards
+    # stock mmengine ran this one even without the variable (torch.hub: weights_only=False)
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD')
+    with pytest.raises(UnsafeCheckpointError):
+        _load_checkpoint(url, map_location='cpu', logger='silent')
+    assert not marker.exists() and 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
+    with trusted_checkpoints(url), pytest.warns(UserWarning, match='full unpickling'):
+        assert 'state_dict' in _load_checkpoint(url, map_location='cpu', logger='silent')
+    assert marker.read_text() == 'pwned'
