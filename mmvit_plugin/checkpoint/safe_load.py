@@ -497,8 +497,9 @@ def register_mmengine_loaders() -> None:
 def check_last_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint ``work_dir/last_checkpoint`` names (None without one), checked.
 
-    mmengine reads the file's text as a path relative to the current folder, not to the work
-    dir; an empty file or a relative path is refused with what to write instead.
+    mmengine reads the file's text as a path, relative ones from the current folder (not the
+    work dir); an empty record, or a relative path that is not there, is refused with what to
+    write instead.
     """
     record = os.path.join(work_dir, 'last_checkpoint')
     if not os.path.exists(record):
@@ -510,12 +511,13 @@ def check_last_checkpoint(work_dir: str) -> Optional[str]:
             f'{record} is empty: it should hold the absolute path of the checkpoint to resume '
             'from (mmengine writes it after each save). Write that path into it, or delete the '
             'file to start afresh.')
-    if not os.path.isabs(named):
+    if not os.path.isabs(named) and not os.path.lexists(named):
         candidate = os.path.join(work_dir, named)
-        hint = (f'; write {os.path.abspath(candidate)} into it' if os.path.isfile(candidate)
-                else '; write the absolute path of the checkpoint into it')
+        hint = (f'write {os.path.abspath(candidate)} into it' if os.path.isfile(candidate)
+                else 'write the absolute path of the checkpoint into it')
         raise CheckpointReadError(
-            f'{record} names a relative path {named!r}, which mmengine would read relative to '
-            f'the current folder {os.getcwd()}, not the work dir{hint}.')
+            f'{record} names a relative path {named!r}, which mmengine reads from the current '
+            f'folder {os.getcwd()}, not from the work dir, and there is no such file there: '
+            f'{hint}.')
     checkpoint_file_kind(named)
     return named

@@ -295,7 +295,7 @@ def test_mmengine_loader_trusts_only_files_the_user_names(tmp_path, monkeypatch)
         load_from_local_weights_only(str(path))
 
 
-def test_last_checkpoint_record_is_checked(tmp_path):
+def test_last_checkpoint_record_is_checked(tmp_path, monkeypatch):
     assert check_last_checkpoint(str(tmp_path)) is None
     record = tmp_path / 'last_checkpoint'
     record.write_text('\n')
@@ -303,12 +303,18 @@ def test_last_checkpoint_record_is_checked(tmp_path):
         check_last_checkpoint(str(tmp_path))
     checkpoint = tmp_path / 'epoch_1.pth'
     torch.save({'state_dict': {}}, checkpoint)
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
     record.write_text('epoch_1.pth')
     with pytest.raises(CheckpointReadError, match=f"{record} names a relative path "
                        f"'epoch_1.pth'.*write {checkpoint} into it"):
         check_last_checkpoint(str(tmp_path))
     record.write_text(str(checkpoint))
     assert check_last_checkpoint(str(tmp_path)) == str(checkpoint)
+    monkeypatch.chdir(tmp_path)  # a relative path that is there, as mmengine reads it
+    record.write_text('epoch_1.pth')
+    assert check_last_checkpoint(str(tmp_path)) == 'epoch_1.pth'
+    record.write_text(str(checkpoint))
     checkpoint.write_bytes(b'')
     with pytest.raises(CheckpointReadError, match=f'{checkpoint}: the file is empty'):
         check_last_checkpoint(str(tmp_path))

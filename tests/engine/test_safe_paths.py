@@ -175,7 +175,8 @@ def test_runner_names_damaged_and_empty_files(tmp_path, config, resume):
 
 
 @pytest.mark.parametrize('with_hook', [True, False], ids=['hook', 'no-hook'])
-def test_bad_last_checkpoint_record_is_named(tmp_path, config, with_hook):
+def test_bad_last_checkpoint_record_is_named(tmp_path, config, with_hook, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # mmengine reads a relative record from here
     work = tmp_path / 'work'
     work.mkdir()
     record = work / 'last_checkpoint'
