@@ -18,9 +18,10 @@ from .load import (LoadedCheckpoint, NonFiniteWeightsError, canonical_model_stat
                    load_into_backbone, read_canonical)
 from .pretrained import MViTv2Pretrained
 from .safe_load import (CheckpointReadError, UnsafeCheckpointError, load_checkpoint_file,
-                        register_mmengine_safe_globals)
+                        register_mmengine_loaders, register_mmengine_safe_globals)
 
 register_mmengine_safe_globals()
+register_mmengine_loaders()
 
 __all__ = [
     'arch_name_for', 'decide_cls_token', 'EXACT', 'FINE_TUNING', 'ArchitectureMismatchError',

@@ -23,7 +23,7 @@ from mmengine.utils import ProgressBar
 
 from ..checkpoint.inflate import DEFAULT_INFLATION, INFLATION_METHODS
 from ..checkpoint.load import convert_checkpoint_for_model, inflate_into_model
-from ..checkpoint.safe_load import UnsafeCheckpointError, unsafe_globals_in_file
+from ..checkpoint.safe_load import check_last_checkpoint
 from ..registry import register_hook
 
 
@@ -57,16 +57,12 @@ class CheckpointFormatHook(Hook):
         self.inflate = inflate
 
     def before_run(self, runner) -> None:
-        path = _file_the_runner_will_load(runner)
-        if not path or '://' in str(path):
-            return
-        unsafe = unsafe_globals_in_file(path)
-        if unsafe:
-            raise UnsafeCheckpointError(
-                f'{path}: refusing to load this checkpoint: it needs Python objects that are '
-                f'not plain weights ({", ".join(unsafe[:5])}). Unpickling them could run code '
-                'from the file. If you trust its source, convert it once with '
-                'tools/convert_checkpoint.py --trust-checkpoint and load the converted file.')
+        # load_from and resume files are checked by the safe reader mmengine now calls
+        # (safe_load.register_mmengine_loaders); only the work dir's last_checkpoint
+        # record is known here, so an empty or relative one is named before resuming.
+        if not getattr(runner, '_has_loaded', False) and runner._resume and \
+                runner._load_from is None:
+            check_last_checkpoint(runner.work_dir)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         convert_checkpoint_for_model(checkpoint, runner.model, inflate=self.inflate,
