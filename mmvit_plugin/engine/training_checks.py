@@ -109,7 +109,7 @@ class NonFiniteCheckHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = outputs.get('loss') if isinstance(outputs, dict) else None
-        loss = None if loss is None else float(loss)
+        loss = None if loss is None else float(torch.as_tensor(loss).detach())
         grad_norm = None
         if type(runner.optim_wrapper).__name__ != 'AmpOptimWrapper':
             scalars = runner.message_hub.log_scalars
