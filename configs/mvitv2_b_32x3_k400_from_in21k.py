@@ -4,14 +4,11 @@
 # blocks, interpolates the spatial relative-position tables, creates the temporal ones and drops
 # the image head. Data and augmentation as in configs/mvitv2_b_32x3_k400.py.
 #   python tools/train.py configs/mvitv2_b_32x3_k400_from_in21k.py \
-#       --cfg-options "custom_hooks.1.checkpoint=/path/to/MViTv2_B_in21k.pyth"
+#       --cfg-options "default_hooks.weight_inflation.checkpoint=/path/to/MViTv2_B_in21k.pyth"
 _base_ = ['./mvitv2_b_32x3_k400.py']
 
-custom_hooks = [
-    dict(type='EpochSeedHook'),
-    dict(type='WeightInflationHook', checkpoint='checkpoints/MViTv2_B_in21k.pyth'),
-    dict(type='CheckpointFormatHook'),
-]
+default_hooks = dict(
+    weight_inflation=dict(type='WeightInflationHook', checkpoint='checkpoints/MViTv2_B_in21k.pyth'))
 
 # SlowFast publishes no Kinetics recipe that starts from ImageNet weights: this schedule is our
 # choice, not an official one. The scratch recipe's optimiser at half its learning rate (8e-4

@@ -94,11 +94,14 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min_ratio=0.01, by_epoch=True, begin=0.3,
          end=max_epochs, convert_to_iter_based=True),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1, val_interval=1)
+# The checked loop stretches the warm-up to >= 2 iterations on a small dataset (or stops
+# naming the dataset and batch sizes): a folder of any size trains.
+train_cfg = dict(type='CheckedEpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1,
+                 val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 auto_scale_lr = dict(enable=False, base_batch_size=32)
 
 default_hooks = dict(
-    logger=dict(interval=50),
+    logger=dict(interval=10),  # about 6 progress lines per epoch of 63 iterations
     checkpoint=dict(interval=1, max_keep_ckpts=3, save_best='auto'))

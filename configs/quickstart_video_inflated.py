@@ -8,12 +8,9 @@
 # center 61.6/74.8/76.4 and 64.0/76.8/78.6, scratch 65.6/75.0/77.4 and 57.0/72.0/77.6).
 # Centre inflation shows each token one frame, so the embedding starts blind to motion.
 #   python tools/train.py configs/quickstart_video_inflated.py \
-#       --cfg-options "custom_hooks.1.checkpoint=work_dirs/quickstart_image/epoch_4.pth"
+#       --cfg-options "default_hooks.weight_inflation.checkpoint=work_dirs/quickstart_image/epoch_4.pth"
 _base_ = ['./quickstart_video.py']
 
-custom_hooks = [
-    dict(type='EpochSeedHook'),
-    dict(type='WeightInflationHook', checkpoint='work_dirs/quickstart_image/epoch_4.pth',
-         method='average'),
-    dict(type='CheckpointFormatHook'),
-]
+default_hooks = dict(
+    weight_inflation=dict(type='WeightInflationHook',
+                          checkpoint='work_dirs/quickstart_image/epoch_4.pth', method='average'))

@@ -54,7 +54,7 @@ echo "training from scratch (log: $WORK/quickstart_video.train.log) ..."
 scratch_s=$(train configs/quickstart_video.py quickstart_video)
 echo "training inflated from $IMAGE_CKPT (log: $WORK/quickstart_video_inflated.train.log) ..."
 inflated_s=$(train configs/quickstart_video_inflated.py quickstart_video_inflated \
-    --cfg-options "custom_hooks.1.checkpoint=$IMAGE_CKPT")
+    --cfg-options "default_hooks.weight_inflation.checkpoint=$IMAGE_CKPT")
 
 test_top1() {  # test_top1 CONFIG NAME -> test top-1 in percent
     local config=$1 name=$2 ckpt

@@ -7,13 +7,21 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20, ignore_last=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, save_best='auto', max_keep_ckpts=3),
+    # Written to a temporary file and renamed, old ones deleted last: a kill while saving
+    # never loses the run (mmvit_plugin/engine/checkpointing.py).
+    checkpoint=dict(type='AtomicCheckpointHook', interval=1, save_best='auto', max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    sync_buffers=dict(type='SyncBuffersHook'))
-# Seeds every epoch from (seed, epoch, rank): a resumed run replays an uninterrupted one.
-# CheckpointFormatHook lets load_from (and tools/test.py CONFIG CKPT) take every MViTv2
-# checkpoint format: official .pyth, SlowFast, mmpretrain, mmaction2, timm, torchvision.
-custom_hooks = [dict(type='EpochSeedHook'), dict(type='CheckpointFormatHook')]
+    sync_buffers=dict(type='SyncBuffersHook'),
+    # Seeds every epoch (workers too) from (seed, epoch, rank): a resumed run replays an
+    # uninterrupted one.
+    epoch_seed=dict(type='EpochSeedHook'),
+    # load_from (and tools/test.py CONFIG CKPT) takes every MViTv2 checkpoint format:
+    # official .pyth, SlowFast, mmpretrain, mmaction2, timm, torchvision.
+    checkpoint_format=dict(type='CheckpointFormatHook'),
+    # Stops at the first NaN/Inf loss or gradient norm, naming the iteration.
+    finite_check=dict(type='NonFiniteCheckHook'),
+)
+custom_hooks = []
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -1,2 +1,2 @@
-"""mmengine glue: hooks, optimizer wrappers and launch helpers."""
-from . import hooks, launch, optim  # noqa: F401
+"""mmengine glue: hooks, checks, schedules, atomic checkpoints, optimizer wrappers, launch."""
+from . import checkpointing, hooks, launch, optim, training_checks  # noqa: F401

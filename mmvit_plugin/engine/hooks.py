@@ -7,54 +7,57 @@
   globals outside the weights-only allowlist, naming them.
 - ``WeightInflationHook`` initialises a video model from 2D (image) weights when training
   starts, unless the runner already resumed or loaded weights (``load_from``).
-- ``EpochSeedHook`` seeds every epoch from (seed, epoch, rank), so a resumed run replays an
-  uninterrupted one; ``TestProgressHook`` draws a progress bar over the test set.
+- ``EpochSeedHook`` seeds every epoch from (seed, epoch, rank), dataloader workers included,
+  so a resumed run replays an uninterrupted one; ``TestProgressHook`` draws a progress bar
+  over the test set.
+
+Runner internals are read through ``runner_state`` only.
 """
 import random
+from functools import partial
 from typing import Optional
 
 import numpy as np
 import torch
+from mmengine.dataset import worker_init_fn as mmengine_worker_init_fn
 from mmengine.dist import get_rank
-
 from mmengine.hooks import Hook
-from mmengine.runner import find_latest_checkpoint
 from mmengine.utils import ProgressBar
+from torch import nn
 
 from ..checkpoint.inflate import DEFAULT_INFLATION, INFLATION_METHODS
 from ..checkpoint.load import convert_checkpoint_for_model, inflate_into_model
 from ..checkpoint.safe_load import check_last_checkpoint
+from ..models.mvitv2 import MViTv2
 from ..registry import register_hook
+from . import runner_state
+
+_file_the_runner_will_load = runner_state.file_to_load
 
 
-def _file_the_runner_will_load(runner) -> Optional[str]:
-    """The checkpoint ``Runner.load_or_resume`` is about to read, if any (same rules)."""
-    if getattr(runner, '_has_loaded', False):
-        return None
-    load_from, resume = runner._load_from, runner._resume
-    if resume and load_from is None:
-        return find_latest_checkpoint(runner.work_dir)
-    return load_from
+def mvit_model(model: nn.Module) -> Optional[nn.Module]:
+    """The model whose backbone is an MViTv2 (through DDP and test-time-augmentation
+    wrappers, which hold it as ``.module``), or None."""
+    for _ in range(4):
+        if isinstance(model, MViTv2) or isinstance(getattr(model, 'backbone', None), MViTv2):
+            return model
+        model = getattr(model, 'module', None)
+        if model is None:
+            return None
+    return None
 
 
 @register_hook
 class CheckpointFormatHook(Hook):
     """Make the runner's ``load_from`` accept every MViTv2 checkpoint format.
 
-    Add ``custom_hooks = [dict(type='CheckpointFormatHook')]`` to a config. Resumed
-    checkpoints (the runner's own) fit the model already and pass through unchanged.
-
-    Args:
-        inflate: 'center' or 'average' to inflate a 2D ``load_from`` file into a 3D model;
-            None (default) refuses such a file with a clear error.
+    The runtime bases add it as ``default_hooks.checkpoint_format``. Resumed checkpoints (the
+    runner's own) fit the model already and pass through unchanged, and so does every
+    checkpoint of a model without an MViTv2 backbone (DDP and TTA wrappers are looked
+    through). Image weights for a video model: use ``WeightInflationHook``, the one way to
+    inflate.
     """
     priority = 'VERY_HIGH'
-
-    def __init__(self, inflate: Optional[str] = None) -> None:
-        if inflate is not None and inflate not in INFLATION_METHODS:
-            raise ValueError(f'CheckpointFormatHook inflate must be one of {INFLATION_METHODS} '
-                             f'or None, got {inflate!r}')
-        self.inflate = inflate
 
     def before_run(self, runner) -> None:
         # load_from and resume files are checked by the safe reader mmengine now calls
@@ -65,8 +68,11 @@ class CheckpointFormatHook(Hook):
             check_last_checkpoint(runner.work_dir)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        convert_checkpoint_for_model(checkpoint, runner.model, inflate=self.inflate,
-                                     source=str(runner._load_from or 'checkpoint'),
+        model = mvit_model(runner.model)
+        if model is None:
+            return
+        convert_checkpoint_for_model(checkpoint, model,
+                                     source=str(runner_state.load_from(runner) or 'checkpoint'),
                                      logger=runner.logger)
 
 
@@ -77,6 +83,8 @@ class WeightInflationHook(Hook):
     Runs after the runner's own loading (``before_train`` follows ``load_or_resume``), and
     does nothing when the runner resumed or loaded ``load_from`` weights, so it never
     overwrites them. The head is kept when the class counts match. Every key is logged.
+    The video recipes add it as ``default_hooks.weight_inflation``, so a command line sets
+    the file with ``--cfg-options default_hooks.weight_inflation.checkpoint=PATH``.
 
     Args:
         checkpoint: path of the 2D checkpoint (any supported format).
@@ -96,13 +104,13 @@ class WeightInflationHook(Hook):
         self.applied = False
 
     def before_train(self, runner) -> None:
-        if runner._has_loaded:
+        if runner_state.has_loaded(runner):
             runner.logger.info(
                 'WeightInflationHook: skipped, the runner already '
-                f'{"resumed" if runner._resume else "loaded"} weights '
-                f'({runner._load_from or "latest checkpoint"}); they are kept')
+                f'{"resumed" if runner_state.resume_requested(runner) else "loaded"} weights '
+                f'({runner_state.loaded_source(runner)}); they are kept')
             return
-        inflate_into_model(runner.model, self.checkpoint, self.method, self.trusted,
+        inflate_into_model(mvit_model(runner.model) or runner.model, self.checkpoint, self.method, self.trusted,
                            logger=runner.logger)
         self.applied = True
 
@@ -120,19 +128,28 @@ def seed_everything(seed: int) -> None:
 
 @register_hook
 class EpochSeedHook(Hook):
-    """Seed python, numpy and torch at the start of every training epoch.
+    """Seed python, numpy and torch at the start of every training epoch, workers included.
 
     The seed depends only on the runner's seed, the epoch and the rank, so a run resumed from
     an epoch checkpoint draws exactly the random numbers (shuffling, augmentation, drop path,
-    mixup, dataloader worker seeds) an uninterrupted run draws from that epoch on. Worker
-    processes that persist across epochs keep their own generators: for an exact replay use
-    ``persistent_workers=False`` or ``num_workers=0``.
+    mixup) an uninterrupted run draws from that epoch on. The training dataloader's worker
+    processes are seeded from the same epoch seed; persistent workers would carry their
+    generators over from the previous epoch (which a resumed run never had), so they are
+    restarted at each training epoch (validation and test workers stay).
     """
     priority = 'VERY_HIGH'
 
     def before_train_epoch(self, runner) -> None:
         base_seed = runner.seed if runner.seed is not None else 0
-        seed_everything(epoch_seed(base_seed, runner.epoch, get_rank()))
+        rank = get_rank()
+        seed = epoch_seed(base_seed, runner.epoch, rank)
+        seed_everything(seed)
+        loader = getattr(runner, 'train_dataloader', None)
+        num_workers = int(getattr(loader, 'num_workers', 0) or 0)
+        if num_workers > 0:
+            runner_state.restart_workers_next_epoch(
+                loader, partial(mmengine_worker_init_fn, num_workers=num_workers, rank=rank,
+                                seed=seed))
 
 
 @register_hook

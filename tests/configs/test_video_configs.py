@@ -190,7 +190,7 @@ def test_quickstart_inflated_starts_from_the_image_weights(tmp_path):
     torch.save(dict(state_dict=image_state, meta=dict()), image_ckpt)
 
     cfg = load('quickstart_video_inflated.py')
-    cfg.custom_hooks[1].checkpoint = image_ckpt
+    cfg.default_hooks.weight_inflation.checkpoint = image_ckpt  # the key commands set
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = data_root
         cfg[loader].update(batch_size=5, num_workers=0, persistent_workers=False)
@@ -202,7 +202,7 @@ def test_quickstart_inflated_starts_from_the_image_weights(tmp_path):
     runner.train()
 
     start = capture.state
-    method = cfg.custom_hooks[1].get('method', 'center')
+    method = cfg.default_hooks.weight_inflation.get('method', 'center')
     for key in ('blocks.1.attn.qkv.weight', 'blocks.3.mlp.fc2.bias', 'norm.weight'):
         torch.testing.assert_close(start[f'backbone.{key}'], image_state[f'backbone.{key}'])
     torch.testing.assert_close(start['cls_head.fc_cls.weight'], image_state['head.fc.weight'])

@@ -21,7 +21,10 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', eta_min_ratio=1e-6 / base_lr_per_256, by_epoch=True,
          begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
-train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=10)  # EVAL_PERIOD 10
+# CheckedEpochBasedTrainLoop: mmengine's epoch loop that refuses a rank without data and fits
+# the warm-up to the iterations an epoch has (at least 2), so the recipe runs on any data size.
+train_cfg = dict(type='CheckedEpochBasedTrainLoop', max_epochs=max_epochs,
+                 val_interval=10)  # EVAL_PERIOD 10
 val_cfg = dict()
 test_cfg = dict()
 # --auto-scale-lr rescales the lr above to the actual total batch (2.5e-4 per 256 images).

@@ -18,7 +18,10 @@ param_scheduler = [
          by_epoch=True, begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1, val_interval=10)
+# CheckedEpochBasedTrainLoop: mmengine's epoch loop that refuses a rank without data and fits
+# the warm-up to the iterations an epoch has (at least 2), so the recipe runs on any data size.
+train_cfg = dict(type='CheckedEpochBasedTrainLoop', max_epochs=max_epochs, val_begin=1,
+                 val_interval=10)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
