@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mmvit_plugin.datasets.class_folders as class_folders
 import mmvit_plugin.datasets.image_folder as image_folder
+from mmvit_plugin.datasets.class_folders import DatasetLayoutError
 from mmvit_plugin.datasets.image_folder import (ImageClassFolder, LoadImageChecked,
                                                 check_image_header)
 
@@ -41,8 +43,9 @@ def root(tmp_path):
 @pytest.fixture
 def warnings_log(monkeypatch):
     messages = []
-    monkeypatch.setattr(image_folder, 'print_log',
-                        lambda msg, logger=None, level=None: messages.append(msg))
+    for module in (image_folder, class_folders):
+        monkeypatch.setattr(module, 'print_log',
+                            lambda msg, logger=None, level=None: messages.append(msg))
     return messages
 
 
@@ -64,23 +67,23 @@ def test_class_indices_come_from_train_and_hold_for_every_split(root):
 
 def test_missing_root_split_and_empty_split_are_named(root, tmp_path):
     missing = str(tmp_path / 'nowhere')
-    with pytest.raises(FileNotFoundError, match='nowhere'):
+    with pytest.raises(DatasetLayoutError, match='nowhere'):
         ImageClassFolder(data_root=missing)
-    with pytest.raises(FileNotFoundError, match=r'holdout.*does not exist'):
+    with pytest.raises(DatasetLayoutError, match=r'holdout.*does not exist'):
         ImageClassFolder(data_root=root, split='holdout')
     os.makedirs(f'{root}/empty/cat')
-    with pytest.raises(FileNotFoundError, match=r'no images found in .*empty'):
+    with pytest.raises(DatasetLayoutError, match=r'no images found in .*empty'):
         ImageClassFolder(data_root=root, split='empty')
     no_train = str(tmp_path / 'only_val')
     _save(f'{no_train}/val/cat/a.png', _rgb(1))
-    with pytest.raises(FileNotFoundError, match=r'only_val/train.*missing'):
+    with pytest.raises(DatasetLayoutError, match=r'only_val/train.*missing'):
         ImageClassFolder(data_root=no_train, split='val')
 
 
 def test_unknown_class_in_val_is_an_error_naming_it(root):
     _save(f'{root}/val/fox/h.png', _rgb(1))
-    with pytest.raises(ValueError, match=r"class folders that the 'train' split does not "
-                       r"know: \['fox'\]"):
+    with pytest.raises(DatasetLayoutError, match=r"class folders that the training split does "
+                       r"not have: \['fox'\]"):
         ImageClassFolder(data_root=root, split='val')
 
 
@@ -107,7 +110,7 @@ def test_corrupt_files_stop_before_training_and_are_listed(root):
     with pytest.raises(ValueError) as info:
         ImageClassFolder(data_root=root, split='train')
     message = str(info.value)
-    assert '2 unreadable image file(s)' in message
+    assert '2 unusable image file(s) of 6' in message
     assert bad_text in message and empty in message and 'empty file' in message
     assert 'skip_corrupt=True' in message
 
@@ -119,7 +122,7 @@ def test_skip_corrupt_leaves_them_out_with_a_warning_and_count(root, warnings_lo
     assert len(dataset) == 4
     paths = {dataset.get_data_info(i)['img_path'] for i in range(len(dataset))}
     assert bad_text not in paths and empty not in paths
-    assert any('skipped 2 unreadable' in m and bad_text in m for m in warnings_log)
+    assert any('skipped 2 unusable' in m and bad_text in m for m in warnings_log)
 
 
 def _truncate_in_pixel_data(png: str, out: str = None) -> str:

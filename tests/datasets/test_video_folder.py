@@ -11,7 +11,8 @@ from mmaction.registry import DATASETS as ACTION_DATASETS
 from mmpretrain.registry import DATASETS as PRETRAIN_DATASETS
 
 import mmvit_plugin  # noqa: F401  (registers the plugin)
-from mmvit_plugin.datasets import video_folder
+from mmvit_plugin.datasets import class_folders, video_folder
+from mmvit_plugin.datasets.class_folders import DatasetLayoutError
 from mmvit_plugin.datasets.video_folder import (VideoDatasetError, VideoFolderDataset,
                                                 parse_list_file)
 
@@ -61,8 +62,9 @@ def video_root(tmp_path):
 @pytest.fixture
 def logged(monkeypatch):
     messages = []
-    monkeypatch.setattr(video_folder, 'print_log',
-                        lambda msg, *args, **kwargs: messages.append(msg))
+    for module in (video_folder, class_folders):
+        monkeypatch.setattr(module, 'print_log',
+                            lambda msg, *args, **kwargs: messages.append(msg))
     return messages
 
 
@@ -93,22 +95,22 @@ def test_builds_from_either_host_registry(video_root):
 
 
 def test_layout_errors_name_the_path(video_root, tmp_path):
-    with pytest.raises(VideoDatasetError, match='does not exist'):
+    with pytest.raises(DatasetLayoutError, match='does not exist'):
         VideoFolderDataset(data_root=str(tmp_path / 'nowhere'), pipeline=pipeline())
-    with pytest.raises(VideoDatasetError, match='data_root is empty'):
+    with pytest.raises(DatasetLayoutError, match='data_root is empty'):
         VideoFolderDataset(pipeline=pipeline())
-    with pytest.raises(VideoDatasetError, match=r"split folder .*holdout.* does not exist"):
+    with pytest.raises(DatasetLayoutError, match=r"split folder .*holdout.* does not exist"):
         VideoFolderDataset(data_root=video_root, split='holdout', pipeline=pipeline())
     write_video(osp.join(video_root, 'val', 'swim', 'swim_0.mp4'), 10)
-    with pytest.raises(VideoDatasetError, match=r"val.*\['swim'\]"):
+    with pytest.raises(DatasetLayoutError, match=r"val.*\['swim'\]"):
         VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline())
     empty_split = osp.join(video_root, 'extra')
     os.makedirs(osp.join(empty_split, 'run'))
-    with pytest.raises(VideoDatasetError, match='holds no video'):
+    with pytest.raises(DatasetLayoutError, match='holds no video'):
         VideoFolderDataset(data_root=video_root, split='extra', pipeline=pipeline())
     no_train = tmp_path / 'no_train'
     write_video(str(no_train / 'val' / 'a' / 'a.mp4'), 3)
-    with pytest.raises(VideoDatasetError, match='training split'):
+    with pytest.raises(DatasetLayoutError, match=r'no_train/train.* is missing: class indices'):
         VideoFolderDataset(data_root=str(no_train), split='val', pipeline=pipeline())
 
 
@@ -119,7 +121,8 @@ def test_empty_class_and_stray_files_are_reported(video_root, logged):
     dataset = VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline(),
                                  test_mode=True)
     assert len(dataset) == 2
-    assert any("without videos: ['jump']" in m for m in logged)
+    assert any("1 class folder(s) hold no video" in m and osp.join(video_root, 'val', 'jump') in m
+               for m in logged)
     assert any('ignored 1 file' in m and 'notes.txt' in m for m in logged)
 
 
@@ -158,11 +161,17 @@ def test_video_breaking_after_the_check_is_named(video_root, logged):
     victim = dataset.get_data_info(0)['filename']
     with open(victim, 'wb') as f:
         f.write(b'garbage')
-    with pytest.raises(RuntimeError, match=f"while loading video '{victim}'"):
+    with pytest.raises(VideoDatasetError, match=f"while loading video '{victim}'"):
         dataset[0]
+    # evaluation (val defaults to test_mode) never substitutes, even with skip_corrupt
+    lenient_eval = VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline(),
+                                      skip_corrupt=True, check_videos=False)
+    assert lenient_eval.test_mode
+    with pytest.raises(VideoDatasetError, match='does not substitute samples in evaluation'):
+        lenient_eval[0]
     train = VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline(),
-                               skip_corrupt=True, check_videos=False)
-    sample = train[0]  # the broken one is skipped, another video comes instead
+                               skip_corrupt=True, check_videos=False, test_mode=False)
+    sample = train[0]  # training: the broken one is skipped, another video comes instead
     assert sample['data_samples'].gt_labels.item.tolist() == [2]
     assert victim in train.skipped_videos
 
