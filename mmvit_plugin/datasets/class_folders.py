@@ -85,9 +85,10 @@ class ScanResult:
     def warn(self, split_dir: str, kind: str, extensions: Sequence[str]) -> None:
         """Log one warning per kind of thing that was left out or is missing."""
         if self.skipped:
-            print_log(f'{split_dir}: left out {len(self.skipped)} path(s) reached through '
-                      f'links (see the link rule in README "Datasets"):\n'
-                      f'{describe(self.skipped)}', logger='current', level=30)
+            print_log(f'{split_dir}: left out {len(self.skipped)} path(s) under the link rule '
+                      '(loops, links into another class, files reached twice or from two '
+                      f'classes; README "Datasets"):\n{describe(self.skipped)}',
+                      logger='current', level=30)
         if self.ignored:
             print_log(f'{split_dir}: ignored {len(self.ignored)} file(s) without a {kind} '
                       f'extension ({", ".join(extensions)}), e.g. {self.ignored[0]!r}',
