@@ -5,6 +5,7 @@ import os.path as osp
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import mmvit_plugin.datasets.class_folders as class_folders
@@ -177,3 +178,49 @@ def test_reserved_arguments_are_rejected(root):
         ImageClassFolder(data_root=root, ann_file='list.txt')
     with pytest.raises(ValueError, match='data_root is empty'):
         ImageClassFolder(data_root='')
+
+
+def test_evaluation_leaves_a_corrupt_image_out_and_never_substitutes(tmp_path, warnings_log):
+    """9 val images, 1 cut short after its header: the metric is over the 8 readable ones."""
+    from mmengine.dataset import default_collate
+    from mmpretrain.evaluation import Accuracy
+    from torch.utils.data import DataLoader
+    root = str(tmp_path / 'data')
+    _save(f'{root}/train/cat/t.png', _rgb(10))
+    _save(f'{root}/train/dog/t.png', _rgb(200))
+    for i in range(5):
+        _save(f'{root}/val/cat/{i}.png', _rgb(10))
+    for i in range(4):
+        _save(f'{root}/val/dog/{i}.png', _rgb(200))
+    bad = _truncate_in_pixel_data(f'{root}/val/dog/0.png')  # its header still reads
+    pipeline = [dict(type='LoadImageChecked'), dict(type='PackInputs')]
+    dataset = ImageClassFolder(data_root=root, split='val', pipeline=pipeline,
+                               skip_corrupt=True)
+    assert dataset.test_mode  # every split but the class split evaluates
+    assert len(dataset) == 8 and dataset.num_skipped == 1
+    assert any('skipped 1 unusable' in m and bad in m and '8 remain' in m for m in warnings_log)
+
+    metric = Accuracy(topk=(1,))
+    loader = DataLoader(dataset, batch_size=3, collate_fn=default_collate)
+    seen = []
+    for batch in loader:
+        # a stand-in model: bright images are dogs
+        scores = [torch.tensor([0.0, 1.0]) if img.float().mean() > 100 else
+                  torch.tensor([1.0, 0.0]) for img in batch['inputs']]
+        samples = [dict(pred_score=s, gt_label=d.gt_label) for s, d in
+                   zip(scores, batch['data_samples'])]
+        seen.extend(d.img_path for d in batch['data_samples'])
+        metric.process(batch, samples)
+    assert len(metric.results) == 8 and bad not in seen and len(set(seen)) == 8
+    assert metric.evaluate(len(dataset))['accuracy/top1'] == 100.0
+
+    # without skip_corrupt the bad file stops evaluation, named
+    strict = ImageClassFolder(data_root=root, split='val', pipeline=pipeline)
+    index = next(i for i in range(len(strict)) if strict.get_data_info(i)['img_path'] == bad)
+    with pytest.raises(ValueError, match=rf"cannot decode image '{bad}'"):
+        strict[index]
+    # a file that breaks after the up-front decode stops the run too: never substituted
+    victim = dataset.get_data_info(0)['img_path']
+    _truncate_in_pixel_data(victim)
+    with pytest.raises(ValueError, match=rf"cannot decode image '{victim}'"):
+        dataset[0]
