@@ -225,8 +225,8 @@ class ImageClassFolder(CustomDataset):
                 f'no images found in {split_dir!r} (expected {split_dir}/<class name>/<image>, '
                 f'extensions {", ".join(sorted(self.extensions))})')
 
+        self.input_size = self._pipeline_input_size()
         if self.check_images:
-            self.input_size = self._pipeline_input_size()
             bad, sizes = [], {}
             for path, _ in samples:
                 reason, size = read_image_header(path)

@@ -224,3 +224,55 @@ def test_evaluation_leaves_a_corrupt_image_out_and_never_substitutes(tmp_path, w
     _truncate_in_pixel_data(victim)
     with pytest.raises(ValueError, match=rf"cannot decode image '{victim}'"):
         dataset[0]
+
+
+QUICKSTART_PIPELINE = [dict(type='LoadImageChecked'),
+                       dict(type='RandomCrop', crop_size=32, padding=2),
+                       dict(type='PackInputs')]
+
+
+def test_images_too_small_for_the_pipeline_are_named_before_training(tmp_path, warnings_log):
+    root = str(tmp_path / 'data')
+    for i in range(3):
+        _save(f'{root}/train/cat/{i}.png', np.full((28, 28, 3), 50, np.uint8))
+        _save(f'{root}/train/dog/{i}.png', np.full((28, 28, 3), 90, np.uint8))
+    _save(f'{root}/train/cat/big.png', np.full((40, 50, 3), 50, np.uint8))  # crops to 32x32
+    tiny = _save(f'{root}/train/dog/tiny.png', np.full((1, 1, 3), 90, np.uint8))
+    small = _save(f'{root}/train/cat/small.png', np.full((16, 16, 3), 50, np.uint8))
+    with pytest.raises(DatasetLayoutError) as info:
+        ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE)
+    message = str(info.value)
+    assert '2 unusable image file(s) of 9' in message
+    assert (f'{tiny}: 1x1 image, too small for the pipeline: it gives a 5x5 input where '
+            'other images give 32x32') in message
+    assert f'{small}: 16x16 image, too small for the pipeline: it gives a 20x20' in message
+
+    lenient = ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE, skip_corrupt=True)
+    assert len(lenient) == 7 and lenient.input_size == (32, 32)
+    assert {path for path, _ in lenient.skipped} == {tiny, small}
+    np.random.seed(0)
+    before = np.random.rand()
+    np.random.seed(0)
+    ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE, skip_corrupt=True)
+    assert np.random.rand() == before  # the size check leaves the random streams alone
+
+    # without the header check, loading the file names it (it used to fail in collate)
+    unchecked = ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE,
+                                 check_images=False)
+    index = next(i for i in range(len(unchecked))
+                 if unchecked.get_data_info(i)['img_path'] == tiny)
+    with pytest.raises(DatasetLayoutError, match=rf"image '{tiny}' \(1x1\) gives a 5x5 input "
+                       'where the pipeline gives 32x32'):
+        unchecked[index]
+    assert unchecked[0]['inputs'].shape == (3, 32, 32)
+
+
+def test_pipelines_whose_size_follows_the_image_are_not_size_checked(tmp_path):
+    root = str(tmp_path / 'data')
+    _save(f'{root}/train/cat/a.png', np.full((28, 40, 3), 50, np.uint8))
+    _save(f'{root}/train/cat/b.png', np.full((2, 3, 3), 50, np.uint8))
+    dataset = ImageClassFolder(data_root=root, pipeline=[
+        dict(type='LoadImageChecked'), dict(type='ResizeEdge', scale=16, edge='short'),
+        dict(type='PackInputs')])
+    assert dataset.input_size is None and len(dataset) == 2
+    assert dataset[1]['inputs'].shape == (3, 16, 24)

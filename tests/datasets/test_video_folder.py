@@ -235,3 +235,23 @@ def test_repeated_augmentation_decodes_once(video_root):
     assert len({tuple(frame_indices(s['inputs'])) for s in samples}) == 1
     with pytest.raises(ValueError, match='num_repeats'):
         VideoFolderDataset(data_root=video_root, pipeline=pipeline(), num_repeats=0)
+
+
+def test_clips_of_different_sizes_are_refused_not_padded(tmp_path):
+    root = tmp_path / 'videos'
+    first = write_video(str(root / 'train' / 'a' / 'wide.mp4'), 10, size=(32, 24))
+    other = write_video(str(root / 'train' / 'b' / 'big.mp4'), 10, size=(64, 48))
+    no_resize = [step for step in pipeline() if step['type'] != 'Resize']
+    dataset = VideoFolderDataset(data_root=str(root), pipeline=no_resize)
+    assert dataset[0]['inputs'].shape == (1, 3, 8, 24, 32)
+    with pytest.raises(VideoDatasetError) as info:
+        dataset[1]
+    message = str(info.value)
+    assert (f"video '{other}' gives inputs of shape (1, 3, 8, 48, 64), but '{first}' gave "
+            '(1, 3, 8, 24, 32)') in message
+    assert 'zero-pad' in message and "dict(type='Resize'" in message
+    # a pipeline that makes one size, or an explicit allowance, passes
+    resized = VideoFolderDataset(data_root=str(root), pipeline=pipeline())
+    assert resized[0]['inputs'].shape == resized[1]['inputs'].shape == (1, 3, 8, 16, 16)
+    mixed = VideoFolderDataset(data_root=str(root), pipeline=no_resize, allow_mixed_sizes=True)
+    assert mixed[1]['inputs'].shape == (1, 3, 8, 48, 64)
