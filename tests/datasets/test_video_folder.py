@@ -255,3 +255,54 @@ def test_clips_of_different_sizes_are_refused_not_padded(tmp_path):
     assert resized[0]['inputs'].shape == resized[1]['inputs'].shape == (1, 3, 8, 16, 16)
     mixed = VideoFolderDataset(data_root=str(root), pipeline=no_resize, allow_mixed_sizes=True)
     assert mixed[1]['inputs'].shape == (1, 3, 8, 48, 64)
+
+
+def write_truncated_mjpg(path: str) -> str:
+    """An MJPG .avi cut to 60%: decord reads it from the path but crashes on it in memory."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10, (64, 48))
+    noise = np.random.default_rng(0)
+    for _ in range(30):
+        writer.write(noise.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) * 6 // 10])
+    return path
+
+
+def test_truncated_mjpg_avi_is_named_not_a_crash(video_root, logged):
+    bad = write_truncated_mjpg(osp.join(video_root, 'train', 'walk', 'cut.avi'))
+    # What training does with it: mmaction2's DecordInit reads the bytes into memory, and
+    # decord dies of SIGSEGV (the DataLoader worker did, without naming the file).
+    code = ('import sys; from mmaction.datasets.transforms import DecordInit; '
+            'DecordInit().transform(dict(filename=sys.argv[1]))')
+    import subprocess
+    import sys
+    assert subprocess.run([sys.executable, '-c', code, bad]).returncode == -11
+
+    with pytest.raises(VideoDatasetError) as info:
+        VideoFolderDataset(data_root=video_root, split='train', pipeline=pipeline())
+    message = str(info.value)
+    assert f'{bad}: the decoder crashed (SIGSEGV) reading it from memory' in message
+    assert 'failed when probed in parallel' not in message
+
+    dataset = VideoFolderDataset(data_root=video_root, split='train', pipeline=pipeline(),
+                                 skip_corrupt=True, check_workers=2)
+    assert list(dataset.skipped_videos) == [bad] and len(dataset) == 4
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
+                                         collate_fn=lambda batch: batch)
+    assert sum(len(batch) for batch in loader) == 4  # no worker lost
+
+
+def test_probe_reports_files_and_timeouts(tmp_path):
+    from mmvit_plugin.datasets.video_probe import probe_video, probe_videos
+    good = write_video(str(tmp_path / 'good.mp4'), 6)
+    results = probe_videos([good, str(tmp_path / 'missing.mp4'), good], num_workers=2)
+    assert len(results) == 2  # each distinct path once
+    assert results[good].reason is None
+    assert (results[good].num_frames, results[good].height, results[good].width) == (6, 24, 32)
+    assert 'No such file' in results[str(tmp_path / 'missing.mp4')].reason
+    assert 'longer than 0.001 s' in probe_video(good, timeout=0.001)
+    assert video_folder.explain_unreadable(good) == 'no error: it decodes'
