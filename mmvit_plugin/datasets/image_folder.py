@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from mmcv.transforms import LoadImageFromFile
 from mmengine.logging import print_log
+from mmengine.registry import DefaultScope
 from mmpretrain.datasets import CustomDataset
 from PIL import Image
 
@@ -139,8 +140,11 @@ class ImageClassFolder(CustomDataset):
         self.input_size: Optional[Size] = None  # what the pipeline makes of any large image
         if test_mode is None:
             test_mode = split != class_split
-        super().__init__(data_root=data_root, data_prefix=split, extensions=extensions,
-                         test_mode=test_mode, **kwargs)
+        # Image pipelines name mmpretrain's transforms: build them in its scope even when the
+        # dataset is built from an mmaction2-scoped config (or after one set the scope).
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            super().__init__(data_root=data_root, data_prefix=split, extensions=extensions,
+                             test_mode=test_mode, **kwargs)
 
     @property
     def num_skipped(self) -> int:

@@ -276,3 +276,11 @@ def test_pipelines_whose_size_follows_the_image_are_not_size_checked(tmp_path):
         dict(type='PackInputs')])
     assert dataset.input_size is None and len(dataset) == 2
     assert dataset[1]['inputs'].shape == (3, 16, 24)
+
+
+def test_pipeline_is_built_in_mmpretrain_scope_whatever_the_current_scope(root):
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmaction'):  # e.g. after a video config ran
+        dataset = ImageClassFolder(data_root=root, split='val', pipeline=[
+            dict(type='LoadImageChecked'), dict(type='PackInputs')])
+        assert dataset[0]['inputs'].shape == (3, 6, 5)
