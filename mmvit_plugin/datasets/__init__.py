@@ -1,2 +1,2 @@
-"""Datasets and transforms: image class folders (mmpretrain), video class folders (mmaction2)."""
-from . import image_folder, transforms, video_folder  # noqa: F401
+"""Datasets and transforms: one class-folder scanner, image and video class-folder datasets."""
+from . import class_folders, image_folder, transforms, video_folder, video_probe  # noqa: F401

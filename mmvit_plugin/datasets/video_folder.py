@@ -11,18 +11,15 @@ Class indices are the positions of the training split's sorted class names, iden
 split, also when a split lacks some class. mmaction2's list-file format (``path label`` per line,
 paths relative to ``data_prefix['video']``) goes through the same class with ``ann_file``.
 
-Every video is opened with decord before training starts: by default an unreadable one stops the
-run with an error naming the file and decord's message; ``skip_corrupt=True`` drops such files
-with a warning and a count instead.
+Class folders are scanned by :mod:`.class_folders` (the same rules as images, links included).
+Every video is probed before training the way training reads it (decord from memory, in child
+processes, see :mod:`.video_probe`): by default an unreadable one stops the run with an error
+naming the file and the reason; ``skip_corrupt=True`` leaves such files out with a warning and a
+count instead.
 """
-import contextlib
 import copy
 import logging
-import os
 import os.path as osp
-import re
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from mmaction.datasets.base import BaseActionDataset
@@ -31,73 +28,20 @@ from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 
 from ..registry import register_dataset
+from .class_folders import DatasetLayoutError, describe, scan_split, training_classes
+from .video_probe import ProbeResult, probe_video, probe_videos
 
 VIDEO_EXTENSIONS: Tuple[str, ...] = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg',
                                      '.mpeg', '.flv', '.wmv', '.3gp', '.ogv', '.ts')
 
 
-# decord prefixes its log lines with a time and a source location: '[06:06:29] file.cc:83: '.
-_LOG_PREFIX = re.compile(r'^\[\d\d:\d\d:\d\d\] \S+:\d+: ')
-
-
-class VideoDatasetError(ValueError):
-    """A problem with the videos or the layout of a dataset, naming the path concerned."""
+class VideoDatasetError(DatasetLayoutError):
+    """A problem with the videos, list file or layout of a video dataset, naming the path."""
 
 
 # ----------------------------------------------------------------------------------------------
-# Pure helpers: folder scanning, list-file parsing, probing a file with decord.
+# Pure helpers: list-file parsing, checking videos.
 # ----------------------------------------------------------------------------------------------
-
-def find_class_names(split_dir: str) -> List[str]:
-    """Sorted names of the class folders directly under ``split_dir``."""
-    if not osp.isdir(split_dir):
-        raise VideoDatasetError(f'split folder {split_dir!r} does not exist')
-    names = sorted(entry.name for entry in os.scandir(split_dir)
-                   if entry.is_dir() and not entry.name.startswith('.'))
-    if not names:
-        raise VideoDatasetError(
-            f'{split_dir!r} holds no class folders (expected one folder per class)')
-    return names
-
-
-def scan_class_folders(
-    split_dir: str,
-    class_to_index: Dict[str, int],
-    extensions: Sequence[str] = VIDEO_EXTENSIONS,
-) -> Tuple[List[Tuple[str, int]], List[str], List[str]]:
-    """List ``(path, label)`` for every video under ``split_dir/<class>/``.
-
-    Returns the samples (sorted by path), the class folders that hold no video, and the
-    files that were ignored because their extension is not a video one.
-    Raises when a class folder is unknown to ``class_to_index``.
-    """
-    class_dirs = find_class_names(split_dir)
-    unknown = [name for name in class_dirs if name not in class_to_index]
-    if unknown:
-        raise VideoDatasetError(
-            f'{split_dir!r} has class folders that the training split does not have: '
-            f'{unknown}; known classes: {sorted(class_to_index)}')
-    suffixes = tuple(ext.lower() for ext in extensions)
-    samples: List[Tuple[str, int]] = []
-    empty_classes: List[str] = []
-    ignored: List[str] = []
-    for name in class_dirs:
-        found = 0
-        for dirpath, dirnames, filenames in os.walk(osp.join(split_dir, name)):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-            for filename in sorted(filenames):
-                if filename.startswith('.'):
-                    continue
-                path = osp.join(dirpath, filename)
-                if filename.lower().endswith(suffixes):
-                    samples.append((path, class_to_index[name]))
-                    found += 1
-                else:
-                    ignored.append(path)
-        if found == 0:
-            empty_classes.append(name)
-    return samples, empty_classes, ignored
-
 
 def parse_list_file(
     ann_file: str,
@@ -143,56 +87,17 @@ def parse_list_file(
     return samples
 
 
-@contextlib.contextmanager
-def _captured_native_stderr():
-    """Capture what native code (decord's FFmpeg logging) writes to file descriptor 2."""
-    with tempfile.TemporaryFile(mode='w+b') as sink:
-        saved = os.dup(2)
-        captured: List[str] = []
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            captured.append(sink.read().decode('utf-8', errors='replace'))
-
-
-def probe_video(path: str) -> Optional[str]:
-    """Open ``path`` with decord and decode its first frame; ``None`` if fine, else why not."""
-    import decord  # noqa: PLC0415  (imported lazily: only needed when videos are read)
-    try:
-        reader = decord.VideoReader(path, num_threads=1)
-        num_frames = len(reader)
-        if num_frames <= 0:
-            return 'decord found no frames'
-        reader[0]
-    except Exception as err:  # decord raises RuntimeError or DECORDError
-        return f'{type(err).__name__}: {str(err).strip()}'
-    return None
-
-
 def explain_unreadable(path: str) -> str:
-    """Probe ``path`` again, sequentially, keeping FFmpeg's own message that decord logs."""
-    with _captured_native_stderr() as captured:
-        reason = probe_video(path)
-    log_lines = [_LOG_PREFIX.sub('', line).strip() for line in ''.join(captured).splitlines()
-                 if line.strip()]
-    reason = reason or 'failed when probed in parallel, decoded on retry'
-    if log_lines:
-        reason += ' | decord log: ' + ' / '.join(log_lines[-3:])
-    return reason
+    """Why ``path`` cannot be read as training reads it (probed in a child process)."""
+    return probe_video(path) or 'no error: it decodes'
 
 
-def find_unreadable_videos(paths: Sequence[str], num_workers: int = 4) -> Dict[str, str]:
-    """Map each path that decord cannot open or decode to the reason it gave."""
-    unique_paths = list(dict.fromkeys(paths))
-    # FFmpeg logs each failure to stderr; keep that quiet here, explain_unreadable reports it.
-    with _captured_native_stderr(), ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        reasons = list(pool.map(probe_video, unique_paths))
-    return {path: explain_unreadable(path)
-            for path, reason in zip(unique_paths, reasons) if reason is not None}
+def find_unreadable_videos(paths: Sequence[str], num_workers: int = 4,
+                           timeout: float = 120.0) -> Dict[str, str]:
+    """Map each path that cannot be read as mmaction2 reads it to the reason."""
+    results: Dict[str, ProbeResult] = probe_videos(paths, num_workers, timeout)
+    return {path: result.reason for path, result in results.items()
+            if result.reason is not None}
 
 
 def _is_decode_transform(transform: Callable) -> bool:
@@ -216,15 +121,25 @@ class VideoFolderDataset(BaseActionDataset):
         classes: Class names (a sequence or a text file with one name per line). Default: the
             sorted class folders of ``data_root/<class_split>`` when that folder exists.
         class_split: Name of the split whose sorted class folders define the class indices.
-        skip_corrupt: Drop videos decord cannot read, with a warning and a count, instead of
-            stopping with an error that lists them.
-        check_videos: Open every video before training; turn off only for trusted datasets
-            whose size makes the check too slow (errors then surface when a video is read).
-        check_workers: Threads used for the check.
+        skip_corrupt: Leave out videos that cannot be read (with a warning, a count and the
+            paths) instead of stopping with an error that lists them. In training, a video
+            that fails later is replaced by another sample (mmengine's refetch); in
+            evaluation (``test_mode``) it stops the run naming the file: evaluation never
+            substitutes a sample.
+        check_videos: Probe every video before training, from memory as mmaction2's
+            ``DecordInit`` reads it, in child processes (a decoder crash is reported, not
+            fatal); turn off only for trusted datasets whose size makes the check too slow.
+        check_workers: Child processes used for the check.
+        check_timeout: Seconds one video may take to probe before it counts as unreadable.
+        allow_mixed_sizes: By default a clip whose input shape differs from the clips before
+            it stops with both files named (mmaction2 would zero-pad them into one batch
+            silently); set True only for batch size 1 with sizes that vary on purpose.
         num_repeats: Repeated augmentation: each video yields this many samples per fetch,
             decoded once and augmented independently after the decode transform (use
             ``collate_fn=dict(type='repeat_pseudo_collate')``).
         extensions: File endings treated as videos in the folder layout.
+        test_mode: Evaluation mode; default: True for every split but ``class_split`` in the
+            folder layout, False for list files.
     """
 
     def __init__(self,
@@ -238,12 +153,14 @@ class VideoFolderDataset(BaseActionDataset):
                  skip_corrupt: bool = False,
                  check_videos: bool = True,
                  check_workers: int = 4,
+                 check_timeout: float = 120.0,
+                 allow_mixed_sizes: bool = False,
                  num_repeats: int = 1,
                  extensions: Sequence[str] = VIDEO_EXTENSIONS,
                  multi_class: bool = False,
                  num_classes: Optional[int] = None,
                  delimiter: str = ' ',
-                 test_mode: bool = False,
+                 test_mode: Optional[bool] = None,
                  metainfo: Optional[dict] = None,
                  **kwargs) -> None:
         if num_repeats < 1:
@@ -253,10 +170,17 @@ class VideoFolderDataset(BaseActionDataset):
         self.skip_corrupt = skip_corrupt
         self.check_videos = check_videos
         self.check_workers = check_workers
+        self.check_timeout = check_timeout
+        self.allow_mixed_sizes = allow_mixed_sizes
         self.num_repeats = num_repeats
         self.extensions = tuple(extensions)
         self.delimiter = delimiter
         self.skipped_videos: Dict[str, str] = {}
+        # (filename, input shape) of the first clip this process prepared: every later clip
+        # must have the same shape, or a batch would mix sizes (see allow_mixed_sizes).
+        self._first_shape: Optional[Tuple[str, tuple]] = None
+        if test_mode is None:
+            test_mode = not ann_file and split != class_split
 
         if not data_root and not ann_file:
             raise VideoDatasetError('VideoFolderDataset: data_root is empty; set '
@@ -293,14 +217,9 @@ class VideoFolderDataset(BaseActionDataset):
             return names
         if classes is not None:
             return list(classes)
-        train_dir = osp.join(data_root, self.class_split)
-        if use_folders:
-            if not osp.isdir(train_dir):
-                raise VideoDatasetError(
-                    f'training split {train_dir!r} does not exist: class indices come from '
-                    'its sorted class folders (or pass classes=[...])')
-            return find_class_names(train_dir)
-        return find_class_names(train_dir) if osp.isdir(train_dir) else None
+        if use_folders or osp.isdir(osp.join(data_root, self.class_split)):
+            return training_classes(data_root, self.class_split)
+        return None
 
     @property
     def num_skipped(self) -> int:
@@ -308,7 +227,7 @@ class VideoFolderDataset(BaseActionDataset):
         return len(self.skipped_videos)
 
     def load_data_list(self) -> List[dict]:
-        """Collect ``(filename, label)`` records, then check that decord reads every video."""
+        """Collect ``(filename, label)`` records, then check that every video can be read."""
         if self.ann_file:
             samples = parse_list_file(self.ann_file, self.data_prefix.get('video', ''),
                                       self.num_classes, self.multi_class, self.delimiter)
@@ -320,36 +239,25 @@ class VideoFolderDataset(BaseActionDataset):
 
     def _scan_split_folder(self) -> List[Tuple[str, int]]:
         split_dir = osp.join(self.data_root, self.split)
-        if not osp.isdir(split_dir):
-            present = sorted(e.name for e in os.scandir(self.data_root) if e.is_dir()) \
-                if osp.isdir(self.data_root) else []
-            raise VideoDatasetError(
-                f'split folder {split_dir!r} does not exist (folders in the root: {present})')
         class_to_index = {name: index for index, name in enumerate(self.metainfo['classes'])}
-        samples, empty_classes, ignored = scan_class_folders(split_dir, class_to_index,
-                                                             self.extensions)
-        if ignored:
-            print_log(f'{split_dir}: ignored {len(ignored)} file(s) without a video extension '
-                      f'{self.extensions}, e.g. {ignored[0]!r}', logger='current',
-                      level=logging.WARNING)
-        if empty_classes:
-            print_log(f'{split_dir}: class folder(s) without videos: {empty_classes}',
-                      logger='current', level=logging.WARNING)
-        if not samples:
+        scan = scan_split(split_dir, class_to_index, self.extensions)
+        scan.warn(split_dir, 'video', self.extensions)
+        if not scan.samples:
             raise VideoDatasetError(
                 f'split folder {split_dir!r} holds no video (looked for {self.extensions})')
-        return samples
+        return scan.samples
 
     def _drop_or_report_unreadable(self, samples: List[Tuple[str, object]]):
-        unreadable = find_unreadable_videos([path for path, _ in samples], self.check_workers)
+        unreadable = find_unreadable_videos([path for path, _ in samples], self.check_workers,
+                                            self.check_timeout)
         if not unreadable:
             return samples
-        listing = '\n'.join(f'  {path}: {reason}' for path, reason in unreadable.items())
+        listing = describe(list(unreadable.items()))
         if not self.skip_corrupt:
             raise VideoDatasetError(
-                f'{len(unreadable)} of {len(samples)} videos cannot be read by decord:\n'
-                f'{listing}\nFix or remove them, or set skip_corrupt=True in the dataset config '
-                'to skip them.')
+                f'{len(unreadable)} of {len(samples)} videos cannot be read as training reads '
+                f'them (decord, from memory):\n{listing}\nFix or remove them, or set '
+                'skip_corrupt=True in the dataset config to leave them out.')
         self.skipped_videos = dict(unreadable)
         print_log(f'skipped {len(unreadable)} of {len(samples)} unreadable videos '
                   f'(skip_corrupt=True):\n{listing}', logger='current', level=logging.WARNING)
@@ -364,16 +272,42 @@ class VideoFolderDataset(BaseActionDataset):
         filename = data_info['filename']
         try:
             if self.num_repeats == 1:
-                return self.pipeline(data_info)
-            return self._prepare_repeats(data_info)
+                result = self.pipeline(data_info)
+            else:
+                result = self._prepare_repeats(data_info)
         except Exception as err:
             if self.skip_corrupt and not self.test_mode and _looks_like_decode_error(err):
                 self.skipped_videos[filename] = str(err)
                 print_log(f'skipping {filename!r} which failed while loading: {err}',
                           logger='current', level=logging.WARNING)
-                return None  # BaseDataset fetches another sample
-            raise RuntimeError(f'while loading video {filename!r}: '
-                               f'{type(err).__name__}: {err}') from err
+                return None  # training: BaseDataset fetches another sample
+            hint = ''
+            if self.skip_corrupt and self.test_mode:
+                hint = (' (skip_corrupt does not substitute samples in evaluation: remove or '
+                        'repair the file)')
+            raise VideoDatasetError(f'while loading video {filename!r}: '
+                                    f'{type(err).__name__}: {err}{hint}') from err
+        if result is not None and not self.allow_mixed_sizes:
+            for sample in (result if isinstance(result, list) else [result]):
+                self._check_shape(filename, sample)
+        return result
+
+    def _check_shape(self, filename: str, sample: dict) -> None:
+        inputs = sample.get('inputs') if isinstance(sample, dict) else None
+        if inputs is None or not hasattr(inputs, 'shape'):
+            return
+        shape = tuple(inputs.shape)
+        if self._first_shape is None:
+            self._first_shape = (filename, shape)
+            return
+        first_file, first = self._first_shape
+        if shape != first:
+            raise VideoDatasetError(
+                f'video {filename!r} gives inputs of shape {shape}, but {first_file!r} gave '
+                f'{first}: mmaction2 would zero-pad clips of different sizes into one batch '
+                'silently, so they are refused. Make the pipeline give one size, e.g. add '
+                "dict(type='Resize', scale=(W, H), keep_ratio=False) or a crop after the "
+                'decode step (or set allow_mixed_sizes=True when the batch size is 1).')
 
     def _prepare_repeats(self, data_info: dict) -> List[dict]:
         transforms = self.pipeline.transforms

@@ -5,9 +5,12 @@ import os.path as osp
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import mmvit_plugin.datasets.class_folders as class_folders
 import mmvit_plugin.datasets.image_folder as image_folder
+from mmvit_plugin.datasets.class_folders import DatasetLayoutError
 from mmvit_plugin.datasets.image_folder import (ImageClassFolder, LoadImageChecked,
                                                 check_image_header)
 
@@ -41,8 +44,9 @@ def root(tmp_path):
 @pytest.fixture
 def warnings_log(monkeypatch):
     messages = []
-    monkeypatch.setattr(image_folder, 'print_log',
-                        lambda msg, logger=None, level=None: messages.append(msg))
+    for module in (image_folder, class_folders):
+        monkeypatch.setattr(module, 'print_log',
+                            lambda msg, logger=None, level=None: messages.append(msg))
     return messages
 
 
@@ -64,23 +68,23 @@ def test_class_indices_come_from_train_and_hold_for_every_split(root):
 
 def test_missing_root_split_and_empty_split_are_named(root, tmp_path):
     missing = str(tmp_path / 'nowhere')
-    with pytest.raises(FileNotFoundError, match='nowhere'):
+    with pytest.raises(DatasetLayoutError, match='nowhere'):
         ImageClassFolder(data_root=missing)
-    with pytest.raises(FileNotFoundError, match=r'holdout.*does not exist'):
+    with pytest.raises(DatasetLayoutError, match=r'holdout.*does not exist'):
         ImageClassFolder(data_root=root, split='holdout')
     os.makedirs(f'{root}/empty/cat')
-    with pytest.raises(FileNotFoundError, match=r'no images found in .*empty'):
+    with pytest.raises(DatasetLayoutError, match=r'no images found in .*empty'):
         ImageClassFolder(data_root=root, split='empty')
     no_train = str(tmp_path / 'only_val')
     _save(f'{no_train}/val/cat/a.png', _rgb(1))
-    with pytest.raises(FileNotFoundError, match=r'only_val/train.*missing'):
+    with pytest.raises(DatasetLayoutError, match=r'only_val/train.*missing'):
         ImageClassFolder(data_root=no_train, split='val')
 
 
 def test_unknown_class_in_val_is_an_error_naming_it(root):
     _save(f'{root}/val/fox/h.png', _rgb(1))
-    with pytest.raises(ValueError, match=r"class folders that the 'train' split does not "
-                       r"know: \['fox'\]"):
+    with pytest.raises(DatasetLayoutError, match=r"class folders that the training split does "
+                       r"not have: \['fox'\]"):
         ImageClassFolder(data_root=root, split='val')
 
 
@@ -107,7 +111,7 @@ def test_corrupt_files_stop_before_training_and_are_listed(root):
     with pytest.raises(ValueError) as info:
         ImageClassFolder(data_root=root, split='train')
     message = str(info.value)
-    assert '2 unreadable image file(s)' in message
+    assert '2 unusable image file(s) of 6' in message
     assert bad_text in message and empty in message and 'empty file' in message
     assert 'skip_corrupt=True' in message
 
@@ -119,7 +123,7 @@ def test_skip_corrupt_leaves_them_out_with_a_warning_and_count(root, warnings_lo
     assert len(dataset) == 4
     paths = {dataset.get_data_info(i)['img_path'] for i in range(len(dataset))}
     assert bad_text not in paths and empty not in paths
-    assert any('skipped 2 unreadable' in m and bad_text in m for m in warnings_log)
+    assert any('skipped 2 unusable' in m and bad_text in m for m in warnings_log)
 
 
 def _truncate_in_pixel_data(png: str, out: str = None) -> str:
@@ -174,3 +178,109 @@ def test_reserved_arguments_are_rejected(root):
         ImageClassFolder(data_root=root, ann_file='list.txt')
     with pytest.raises(ValueError, match='data_root is empty'):
         ImageClassFolder(data_root='')
+
+
+def test_evaluation_leaves_a_corrupt_image_out_and_never_substitutes(tmp_path, warnings_log):
+    """9 val images, 1 cut short after its header: the metric is over the 8 readable ones."""
+    from mmengine.dataset import default_collate
+    from mmpretrain.evaluation import Accuracy
+    from torch.utils.data import DataLoader
+    root = str(tmp_path / 'data')
+    _save(f'{root}/train/cat/t.png', _rgb(10))
+    _save(f'{root}/train/dog/t.png', _rgb(200))
+    for i in range(5):
+        _save(f'{root}/val/cat/{i}.png', _rgb(10))
+    for i in range(4):
+        _save(f'{root}/val/dog/{i}.png', _rgb(200))
+    bad = _truncate_in_pixel_data(f'{root}/val/dog/0.png')  # its header still reads
+    pipeline = [dict(type='LoadImageChecked'), dict(type='PackInputs')]
+    dataset = ImageClassFolder(data_root=root, split='val', pipeline=pipeline,
+                               skip_corrupt=True)
+    assert dataset.test_mode  # every split but the class split evaluates
+    assert len(dataset) == 8 and dataset.num_skipped == 1
+    assert any('skipped 1 unusable' in m and bad in m and '8 remain' in m for m in warnings_log)
+
+    metric = Accuracy(topk=(1,))
+    loader = DataLoader(dataset, batch_size=3, collate_fn=default_collate)
+    seen = []
+    for batch in loader:
+        # a stand-in model: bright images are dogs
+        scores = [torch.tensor([0.0, 1.0]) if img.float().mean() > 100 else
+                  torch.tensor([1.0, 0.0]) for img in batch['inputs']]
+        samples = [dict(pred_score=s, gt_label=d.gt_label) for s, d in
+                   zip(scores, batch['data_samples'])]
+        seen.extend(d.img_path for d in batch['data_samples'])
+        metric.process(batch, samples)
+    assert len(metric.results) == 8 and bad not in seen and len(set(seen)) == 8
+    assert metric.evaluate(len(dataset))['accuracy/top1'] == 100.0
+
+    # without skip_corrupt the bad file stops evaluation, named
+    strict = ImageClassFolder(data_root=root, split='val', pipeline=pipeline)
+    index = next(i for i in range(len(strict)) if strict.get_data_info(i)['img_path'] == bad)
+    with pytest.raises(ValueError, match=rf"cannot decode image '{bad}'"):
+        strict[index]
+    # a file that breaks after the up-front decode stops the run too: never substituted
+    victim = dataset.get_data_info(0)['img_path']
+    _truncate_in_pixel_data(victim)
+    with pytest.raises(ValueError, match=rf"cannot decode image '{victim}'"):
+        dataset[0]
+
+
+QUICKSTART_PIPELINE = [dict(type='LoadImageChecked'),
+                       dict(type='RandomCrop', crop_size=32, padding=2),
+                       dict(type='PackInputs')]
+
+
+def test_images_too_small_for_the_pipeline_are_named_before_training(tmp_path, warnings_log):
+    root = str(tmp_path / 'data')
+    for i in range(3):
+        _save(f'{root}/train/cat/{i}.png', np.full((28, 28, 3), 50, np.uint8))
+        _save(f'{root}/train/dog/{i}.png', np.full((28, 28, 3), 90, np.uint8))
+    _save(f'{root}/train/cat/big.png', np.full((40, 50, 3), 50, np.uint8))  # crops to 32x32
+    tiny = _save(f'{root}/train/dog/tiny.png', np.full((1, 1, 3), 90, np.uint8))
+    small = _save(f'{root}/train/cat/small.png', np.full((16, 16, 3), 50, np.uint8))
+    with pytest.raises(DatasetLayoutError) as info:
+        ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE)
+    message = str(info.value)
+    assert '2 unusable image file(s) of 9' in message
+    assert (f'{tiny}: 1x1 image, too small for the pipeline: it gives a 5x5 input where '
+            'other images give 32x32') in message
+    assert f'{small}: 16x16 image, too small for the pipeline: it gives a 20x20' in message
+
+    lenient = ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE, skip_corrupt=True)
+    assert len(lenient) == 7 and lenient.input_size == (32, 32)
+    assert {path for path, _ in lenient.skipped} == {tiny, small}
+    np.random.seed(0)
+    before = np.random.rand()
+    np.random.seed(0)
+    ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE, skip_corrupt=True)
+    assert np.random.rand() == before  # the size check leaves the random streams alone
+
+    # without the header check, loading the file names it (it used to fail in collate)
+    unchecked = ImageClassFolder(data_root=root, pipeline=QUICKSTART_PIPELINE,
+                                 check_images=False)
+    index = next(i for i in range(len(unchecked))
+                 if unchecked.get_data_info(i)['img_path'] == tiny)
+    with pytest.raises(DatasetLayoutError, match=rf"image '{tiny}' \(1x1\) gives a 5x5 input "
+                       'where the pipeline gives 32x32'):
+        unchecked[index]
+    assert unchecked[0]['inputs'].shape == (3, 32, 32)
+
+
+def test_pipelines_whose_size_follows_the_image_are_not_size_checked(tmp_path):
+    root = str(tmp_path / 'data')
+    _save(f'{root}/train/cat/a.png', np.full((28, 40, 3), 50, np.uint8))
+    _save(f'{root}/train/cat/b.png', np.full((2, 3, 3), 50, np.uint8))
+    dataset = ImageClassFolder(data_root=root, pipeline=[
+        dict(type='LoadImageChecked'), dict(type='ResizeEdge', scale=16, edge='short'),
+        dict(type='PackInputs')])
+    assert dataset.input_size is None and len(dataset) == 2
+    assert dataset[1]['inputs'].shape == (3, 16, 24)
+
+
+def test_pipeline_is_built_in_mmpretrain_scope_whatever_the_current_scope(root):
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmaction'):  # e.g. after a video config ran
+        dataset = ImageClassFolder(data_root=root, split='val', pipeline=[
+            dict(type='LoadImageChecked'), dict(type='PackInputs')])
+        assert dataset[0]['inputs'].shape == (3, 6, 5)

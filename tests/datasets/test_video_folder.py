@@ -11,7 +11,8 @@ from mmaction.registry import DATASETS as ACTION_DATASETS
 from mmpretrain.registry import DATASETS as PRETRAIN_DATASETS
 
 import mmvit_plugin  # noqa: F401  (registers the plugin)
-from mmvit_plugin.datasets import video_folder
+from mmvit_plugin.datasets import class_folders, video_folder
+from mmvit_plugin.datasets.class_folders import DatasetLayoutError
 from mmvit_plugin.datasets.video_folder import (VideoDatasetError, VideoFolderDataset,
                                                 parse_list_file)
 
@@ -61,8 +62,9 @@ def video_root(tmp_path):
 @pytest.fixture
 def logged(monkeypatch):
     messages = []
-    monkeypatch.setattr(video_folder, 'print_log',
-                        lambda msg, *args, **kwargs: messages.append(msg))
+    for module in (video_folder, class_folders):
+        monkeypatch.setattr(module, 'print_log',
+                            lambda msg, *args, **kwargs: messages.append(msg))
     return messages
 
 
@@ -93,22 +95,22 @@ def test_builds_from_either_host_registry(video_root):
 
 
 def test_layout_errors_name_the_path(video_root, tmp_path):
-    with pytest.raises(VideoDatasetError, match='does not exist'):
+    with pytest.raises(DatasetLayoutError, match='does not exist'):
         VideoFolderDataset(data_root=str(tmp_path / 'nowhere'), pipeline=pipeline())
-    with pytest.raises(VideoDatasetError, match='data_root is empty'):
+    with pytest.raises(DatasetLayoutError, match='data_root is empty'):
         VideoFolderDataset(pipeline=pipeline())
-    with pytest.raises(VideoDatasetError, match=r"split folder .*holdout.* does not exist"):
+    with pytest.raises(DatasetLayoutError, match=r"split folder .*holdout.* does not exist"):
         VideoFolderDataset(data_root=video_root, split='holdout', pipeline=pipeline())
     write_video(osp.join(video_root, 'val', 'swim', 'swim_0.mp4'), 10)
-    with pytest.raises(VideoDatasetError, match=r"val.*\['swim'\]"):
+    with pytest.raises(DatasetLayoutError, match=r"val.*\['swim'\]"):
         VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline())
     empty_split = osp.join(video_root, 'extra')
     os.makedirs(osp.join(empty_split, 'run'))
-    with pytest.raises(VideoDatasetError, match='holds no video'):
+    with pytest.raises(DatasetLayoutError, match='holds no video'):
         VideoFolderDataset(data_root=video_root, split='extra', pipeline=pipeline())
     no_train = tmp_path / 'no_train'
     write_video(str(no_train / 'val' / 'a' / 'a.mp4'), 3)
-    with pytest.raises(VideoDatasetError, match='training split'):
+    with pytest.raises(DatasetLayoutError, match=r'no_train/train.* is missing: class indices'):
         VideoFolderDataset(data_root=str(no_train), split='val', pipeline=pipeline())
 
 
@@ -119,7 +121,8 @@ def test_empty_class_and_stray_files_are_reported(video_root, logged):
     dataset = VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline(),
                                  test_mode=True)
     assert len(dataset) == 2
-    assert any("without videos: ['jump']" in m for m in logged)
+    assert any("1 class folder(s) hold no video" in m and osp.join(video_root, 'val', 'jump') in m
+               for m in logged)
     assert any('ignored 1 file' in m and 'notes.txt' in m for m in logged)
 
 
@@ -158,11 +161,17 @@ def test_video_breaking_after_the_check_is_named(video_root, logged):
     victim = dataset.get_data_info(0)['filename']
     with open(victim, 'wb') as f:
         f.write(b'garbage')
-    with pytest.raises(RuntimeError, match=f"while loading video '{victim}'"):
+    with pytest.raises(VideoDatasetError, match=f"while loading video '{victim}'"):
         dataset[0]
+    # evaluation (val defaults to test_mode) never substitutes, even with skip_corrupt
+    lenient_eval = VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline(),
+                                      skip_corrupt=True, check_videos=False)
+    assert lenient_eval.test_mode
+    with pytest.raises(VideoDatasetError, match='does not substitute samples in evaluation'):
+        lenient_eval[0]
     train = VideoFolderDataset(data_root=video_root, split='val', pipeline=pipeline(),
-                               skip_corrupt=True, check_videos=False)
-    sample = train[0]  # the broken one is skipped, another video comes instead
+                               skip_corrupt=True, check_videos=False, test_mode=False)
+    sample = train[0]  # training: the broken one is skipped, another video comes instead
     assert sample['data_samples'].gt_labels.item.tolist() == [2]
     assert victim in train.skipped_videos
 
@@ -226,3 +235,74 @@ def test_repeated_augmentation_decodes_once(video_root):
     assert len({tuple(frame_indices(s['inputs'])) for s in samples}) == 1
     with pytest.raises(ValueError, match='num_repeats'):
         VideoFolderDataset(data_root=video_root, pipeline=pipeline(), num_repeats=0)
+
+
+def test_clips_of_different_sizes_are_refused_not_padded(tmp_path):
+    root = tmp_path / 'videos'
+    first = write_video(str(root / 'train' / 'a' / 'wide.mp4'), 10, size=(32, 24))
+    other = write_video(str(root / 'train' / 'b' / 'big.mp4'), 10, size=(64, 48))
+    no_resize = [step for step in pipeline() if step['type'] != 'Resize']
+    dataset = VideoFolderDataset(data_root=str(root), pipeline=no_resize)
+    assert dataset[0]['inputs'].shape == (1, 3, 8, 24, 32)
+    with pytest.raises(VideoDatasetError) as info:
+        dataset[1]
+    message = str(info.value)
+    assert (f"video '{other}' gives inputs of shape (1, 3, 8, 48, 64), but '{first}' gave "
+            '(1, 3, 8, 24, 32)') in message
+    assert 'zero-pad' in message and "dict(type='Resize'" in message
+    # a pipeline that makes one size, or an explicit allowance, passes
+    resized = VideoFolderDataset(data_root=str(root), pipeline=pipeline())
+    assert resized[0]['inputs'].shape == resized[1]['inputs'].shape == (1, 3, 8, 16, 16)
+    mixed = VideoFolderDataset(data_root=str(root), pipeline=no_resize, allow_mixed_sizes=True)
+    assert mixed[1]['inputs'].shape == (1, 3, 8, 48, 64)
+
+
+def write_truncated_mjpg(path: str) -> str:
+    """An MJPG .avi cut to 60%: decord reads it from the path but crashes on it in memory."""
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 10, (64, 48))
+    noise = np.random.default_rng(0)
+    for _ in range(30):
+        writer.write(noise.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:len(data) * 6 // 10])
+    return path
+
+
+def test_truncated_mjpg_avi_is_named_not_a_crash(video_root, logged):
+    bad = write_truncated_mjpg(osp.join(video_root, 'train', 'walk', 'cut.avi'))
+    # What training does with it: mmaction2's DecordInit reads the bytes into memory, and
+    # decord dies of SIGSEGV (the DataLoader worker did, without naming the file).
+    code = ('import sys; from mmaction.datasets.transforms import DecordInit; '
+            'DecordInit().transform(dict(filename=sys.argv[1]))')
+    import subprocess
+    import sys
+    assert subprocess.run([sys.executable, '-c', code, bad]).returncode == -11
+
+    with pytest.raises(VideoDatasetError) as info:
+        VideoFolderDataset(data_root=video_root, split='train', pipeline=pipeline())
+    message = str(info.value)
+    assert f'{bad}: the decoder crashed (SIGSEGV) reading it from memory' in message
+    assert 'failed when probed in parallel' not in message
+
+    dataset = VideoFolderDataset(data_root=video_root, split='train', pipeline=pipeline(),
+                                 skip_corrupt=True, check_workers=2)
+    assert list(dataset.skipped_videos) == [bad] and len(dataset) == 4
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1,
+                                         collate_fn=lambda batch: batch)
+    assert sum(len(batch) for batch in loader) == 4  # no worker lost
+
+
+def test_probe_reports_files_and_timeouts(tmp_path):
+    from mmvit_plugin.datasets.video_probe import probe_video, probe_videos
+    good = write_video(str(tmp_path / 'good.mp4'), 6)
+    results = probe_videos([good, str(tmp_path / 'missing.mp4'), good], num_workers=2)
+    assert len(results) == 2  # each distinct path once
+    assert results[good].reason is None
+    assert (results[good].num_frames, results[good].height, results[good].width) == (6, 24, 32)
+    assert 'No such file' in results[str(tmp_path / 'missing.mp4')].reason
+    assert 'longer than 0.001 s' in probe_video(good, timeout=0.001)
+    assert video_folder.explain_unreadable(good) == 'no error: it decodes'
