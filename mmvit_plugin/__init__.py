@@ -8,6 +8,6 @@ warnings.filterwarnings(
     'ignore', message=r'Fail to import ``MultiScaleDeformableAttention``',
     category=UserWarning, module=r'mmcv\.cnn\.bricks\.transformer')
 
-from . import checkpoint, datasets, engine, models  # noqa: E402,F401  (registration side effects)
+from . import apis, checkpoint, datasets, engine, models  # noqa: E402,F401  (registration)
 
 __version__ = '0.1.0'
