@@ -9,7 +9,6 @@ _base_ = [
     './_base_/image_runtime.py',
 ]
 data_root = 'data/imagenet21k'
-data_preprocessor = dict(num_classes=19168)
 
 model = dict(
     backbone=dict(drop_path_rate=0.5),

@@ -12,11 +12,11 @@ from mmpretrain.datasets import (PackInputs, RandAugment, RandomErasing, RandomF
 from mmpretrain.datasets import CenterCrop
 from mmpretrain.engine import VisualizationHook
 from mmpretrain.evaluation import Accuracy
-from mmpretrain.models import (ClsDataPreprocessor, CutMix, ImageClassifier, LabelSmoothLoss,
-                               LinearClsHead, Mixup)
+from mmpretrain.models import ClsDataPreprocessor, CutMix, LabelSmoothLoss, LinearClsHead, Mixup
 from mmpretrain.visualization import UniversalVisualizer
 from torch.optim import AdamW
 
+from mmvit_plugin.apis.num_classes import SyncedImageClassifier
 from mmvit_plugin.datasets.image_folder import ImageClassFolder, LoadImageChecked
 from mmvit_plugin.engine.hooks import CheckpointFormatHook, EpochSeedHook
 from mmvit_plugin.models import MViTv2
@@ -26,8 +26,8 @@ custom_imports = dict(imports=['mmvit_plugin'], allow_failed_imports=False)
 
 # Model ----------------------------------------------------------------------------------------
 model = dict(
-    type=ImageClassifier,
-    data_preprocessor=dict(type=ClsDataPreprocessor, num_classes=1000,
+    type=SyncedImageClassifier,  # data_preprocessor.num_classes follows head.num_classes
+    data_preprocessor=dict(type=ClsDataPreprocessor,
                            mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
                            to_rgb=True),
     backbone=dict(type=MViTv2, arch='tiny', out_type='avg_featmap', drop_path_rate=0.1),

@@ -61,15 +61,16 @@ train_dataloader = dict(
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
-    collate_fn=dict(type='pseudo_collate'),  # mmaction2's batching
     dataset=dict(type='VideoFolderDataset', data_root=data_root, split='train',
                  pipeline=train_pipeline))
+# val/test loaders leave collate_fn unset: the Runner then batches with pseudo_collate
+# (mmaction2's batching), and mmengine's inferencers, which look collate_fn up by name,
+# accept the config.
 val_dataloader = dict(
     batch_size=50,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='pseudo_collate'),  # mmaction2's batching
     dataset=dict(type='VideoFolderDataset', data_root=data_root, split='val',
                  pipeline=test_pipeline, test_mode=True))
 test_dataloader = dict(
@@ -77,7 +78,6 @@ test_dataloader = dict(
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='pseudo_collate'),  # mmaction2's batching
     dataset=dict(type='VideoFolderDataset', data_root=data_root, split='test',
                  pipeline=test_pipeline, test_mode=True))
 val_evaluator = dict(type='AccMetric')

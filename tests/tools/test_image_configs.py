@@ -71,7 +71,7 @@ def test_in1k_configs_carry_the_official_recipe(size, drop_path):
 def test_in21k_configs_have_cls_token_and_19168_classes(size, arch):
     cfg = _config(f'mvitv2_{size}_imagenet21k.py')
     assert cfg.model.backbone.arch == arch and cfg.model.backbone.out_type == 'cls_token'
-    assert cfg.model.head.num_classes == 19168 and cfg.data_preprocessor.num_classes == 19168
+    assert cfg.model.head.num_classes == 19168  # the data preprocessor follows the head
     assert cfg.test_dataloader.dataset.data_root == 'data/imagenet21k'
 
 
@@ -118,3 +118,134 @@ def test_imagenet_pipelines_run_on_a_real_photo(tmp_path):
         assert tuple(packed['inputs'].shape) == (3, 224, 224)
         assert packed['inputs'].dtype.is_floating_point is False
         assert np.isfinite(packed['inputs'].numpy()).all()
+
+
+TINY_IMAGE_ARCH = dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3))
+
+
+def _ten_class_folder(root) -> str:
+    """10 class folders of real photos (scikit-image), 64x64, in train/."""
+    import cv2
+    import skimage.data
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]
+    for label in range(10):
+        folder = root / 'train' / f'class_{label}'
+        folder.mkdir(parents=True)
+        image = cv2.resize(photos[label % 3], (64 + label, 64))
+        cv2.imwrite(str(folder / 'photo.png'), image[..., ::-1])
+    return str(root)
+
+
+def _train_one_step(cfg: Config, tmp_path) -> 'torch.nn.Module':
+    from mmengine.runner import Runner
+    cfg.model.backbone.arch = TINY_IMAGE_ARCH
+    cfg.model.head.in_channels = 64
+    cfg.train_dataloader.dataset.data_root = _ten_class_folder(tmp_path / 'data')
+    cfg.train_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
+    cfg.train_dataloader.dataset.indices = 2
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
+    cfg.train_cfg = dict(by_epoch=True, max_epochs=1)
+    cfg.param_scheduler = None
+    cfg.default_hooks.checkpoint = None
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner.model
+
+
+def test_one_setting_changes_the_class_count_of_an_imagenet_recipe(tmp_path):
+    """Issue 11: with only the head changed, mixup one-hot labels kept 1000 columns."""
+    cfg = _config('mvitv2_t_imagenet.py')
+    cfg.merge_from_dict({'model.head.num_classes': 10})  # what --cfg-options does
+    model = _train_one_step(cfg, tmp_path)
+    from mmpretrain.models import ImageClassifier
+    assert type(model) is ImageClassifier  # the builder returns mmpretrain's own class
+    assert model.head.fc.out_features == 10 and model.data_preprocessor.num_classes == 10
+    assert [type(a).__name__ for a in model.data_preprocessor.batch_augments.augments] == [
+        'Mixup', 'CutMix']
+
+
+@pytest.mark.parametrize('name', _image_configs())
+def test_every_image_config_sets_the_class_count_once(name):
+    cfg = _config(name)
+    assert cfg.get('data_preprocessor', {}).get('num_classes') is None
+    assert cfg.model.get('data_preprocessor', {}).get('num_classes') is None
+    from mmpretrain.registry import MODELS
+    init_default_scope('mmpretrain')
+    model_cfg = dict(cfg.model, data_preprocessor=cfg.get('data_preprocessor') or
+                     cfg.model.get('data_preprocessor'), backbone=dict(
+                         cfg.model.backbone, arch=dict(TINY_IMAGE_ARCH,
+                                                       with_cls_token=True)),
+                     head=dict(cfg.model.head, in_channels=64))
+    model_cfg['backbone'].pop('drop_path_rate', None)
+    model = MODELS.build(model_cfg)
+    assert model.data_preprocessor.num_classes == cfg.model.head.num_classes
+
+
+def test_a_disagreeing_data_preprocessor_count_is_named():
+    from mmpretrain.registry import MODELS
+    init_default_scope('mmpretrain')
+    cfg = _config('mvitv2_t_imagenet.py')
+    model_cfg = dict(cfg.model, data_preprocessor=dict(cfg.data_preprocessor, num_classes=1000),
+                     head=dict(cfg.model.head, num_classes=10))
+    with pytest.raises(ValueError, match=r'data_preprocessor.num_classes=1000 differs from '
+                       r'model.head num_classes=10'):
+        MODELS.build(model_cfg)
+
+
+def test_quickstart_test_pipeline_is_deterministic_and_keeps_fashion_mnist_inputs(tmp_path):
+    """Issue 11: a random crop at test time gave one photo different scores per call."""
+    import random
+
+    import cv2
+    import skimage.data
+    import torch
+    from mmengine.dataset import Compose
+    init_default_scope('mmpretrain')
+    cfg = _config('quickstart_image.py')
+    pipeline = Compose(cfg.test_dataloader.dataset.pipeline)
+    photo = str(tmp_path / 'astronaut.png')
+    cv2.imwrite(photo, skimage.data.astronaut()[..., ::-1])
+    outputs = []
+    for seed in range(3):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        outputs.append(pipeline(dict(img_path=photo))['inputs'])
+    assert tuple(outputs[0].shape) == (3, 32, 32)
+    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+    # a 28x28 Fashion-MNIST-like image: exactly the image padded by 2 (the trained input)
+    item = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    item_path = str(tmp_path / 'item.png')
+    cv2.imwrite(item_path, item)
+    packed = pipeline(dict(img_path=item_path))['inputs']
+    expected = np.pad(item, 2)
+    for channel in range(3):
+        assert np.array_equal(packed[channel].numpy(), expected)
+
+
+STOCK_SNIPPETS = {
+    # the README snippet inside a stock mmpretrain MViT config: featmap into its pooling neck
+    'stock_neck': "model = dict(backbone=dict(type='MViTv2', arch='tiny'))",
+    # or pooled in the backbone, without the neck
+    'no_neck': "model = dict(backbone=dict(type='MViTv2', arch='tiny', out_type='avg_featmap'),"
+               " neck=None)",
+}
+
+
+@pytest.mark.parametrize('case', sorted(STOCK_SNIPPETS))
+def test_readme_backbone_snippet_inside_a_stock_mmpretrain_mvit_config(tmp_path, case):
+    import torch
+    from mmpretrain.registry import MODELS
+    config = tmp_path / 'user_config.py'
+    config.write_text("_base_ = ['mmpretrain::mvit/mvitv2-tiny_8xb256_in1k.py']\n"
+                      "custom_imports = dict(imports=['mmvit_plugin'], "
+                      "allow_failed_imports=False)\n" + STOCK_SNIPPETS[case] + '\n')
+    cfg = Config.fromfile(str(config))
+    init_default_scope('mmpretrain')
+    model = MODELS.build(cfg.model).eval()
+    assert type(model.backbone).__name__ == 'MViTv2'
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 3, 224, 224), mode='tensor')
+    assert tuple(logits.shape) == (1, 1000)

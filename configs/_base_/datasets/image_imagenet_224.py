@@ -6,8 +6,9 @@
 dataset_type = 'ImageClassFolder'
 data_root = 'data/imagenet'
 
+# num_classes is not set here: SyncedImageClassifier (configs/_base_/models) copies the head's
+# model.head.num_classes into it, so the class count is one setting.
 data_preprocessor = dict(
-    num_classes=1000,
     mean=[123.675, 116.28, 103.53],  # RGB, 0-255
     std=[58.395, 57.12, 57.375],
     to_rgb=True,

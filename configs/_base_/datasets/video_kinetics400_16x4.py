@@ -57,12 +57,14 @@ train_dataloader = dict(
         split='train',
         num_repeats=num_repeats,
         pipeline=train_pipeline))
+# val/test loaders leave collate_fn unset: the Runner then batches with pseudo_collate
+# (mmaction2's batching), and mmengine's inferencers, which look collate_fn up by name,
+# accept the config.
 val_dataloader = dict(
     batch_size=8,
     num_workers=8,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='pseudo_collate'),  # mmaction2's batching
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
@@ -74,7 +76,6 @@ test_dataloader = dict(
     num_workers=8,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='pseudo_collate'),  # mmaction2's batching
     dataset=dict(
         type=dataset_type,
         data_root=data_root,

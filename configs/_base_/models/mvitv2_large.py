@@ -1,6 +1,6 @@
 # MViTv2-large image classifier (1000 classes), model part only.
 model = dict(
-    type='ImageClassifier',
+    type='SyncedImageClassifier',  # ImageClassifier; data_preprocessor follows head.num_classes
     backbone=dict(type='MViTv2', arch='large', out_type='avg_featmap'),
     neck=None,
     head=dict(

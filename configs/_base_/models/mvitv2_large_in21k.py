@@ -1,6 +1,6 @@
 # MViTv2-large-in21k image classifier (19168 classes), model part only.
 model = dict(
-    type='ImageClassifier',
+    type='SyncedImageClassifier',  # ImageClassifier; data_preprocessor follows head.num_classes
     backbone=dict(type='MViTv2', arch='large-in21k', out_type='cls_token'),
     neck=None,
     head=dict(
