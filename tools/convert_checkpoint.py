@@ -31,14 +31,28 @@ import torch
 from mmengine.utils import ProgressBar
 
 import mmvit_plugin  # noqa: F401  (registers the model; allows mmengine's own checkpoints)
-from mmvit_plugin.checkpoint import (EXACT, FORMATS, ArchitectureMismatchError,
-                                     CheckpointReadError, NonFiniteWeightsError,
-                                     UnknownCheckpointFormatError, UnsafeCheckpointError,
-                                     arch_name_for, decide_cls_token, get_format,
-                                     load_checkpoint_file, markdown_table)
+from mmvit_plugin.checkpoint import (
+    EXACT,
+    FORMATS,
+    ArchitectureMismatchError,
+    CheckpointReadError,
+    NonFiniteWeightsError,
+    UnknownCheckpointFormatError,
+    UnsafeCheckpointError,
+    arch_name_for,
+    decide_cls_token,
+    get_format,
+    load_checkpoint_file,
+    markdown_table,
+)
 from mmvit_plugin.checkpoint.arch_info import IN21K_CLASSES
-from mmvit_plugin.checkpoint.load import (canonical_from_object, canonical_model_state,
-                                          fit_loaded, model_keys_from_canonical, model_parts)
+from mmvit_plugin.checkpoint.load import (
+    canonical_from_object,
+    canonical_model_state,
+    fit_loaded,
+    model_keys_from_canonical,
+    model_parts,
+)
 from mmvit_plugin.core.arch import GEOMETRY_FIELDS, MViTv2Arch
 from mmvit_plugin.core.infer import infer_arch
 

@@ -74,8 +74,9 @@ def test_pipeline_of(cfg: Config) -> list:
 
 
 def build_recognizer(cfg: Config, checkpoint: str, device: str):
-    import mmvit_plugin  # noqa: F401  (registers the plugin; configs import it as well)
     from mmaction.registry import MODELS
+
+    import mmvit_plugin  # noqa: F401  (registers the plugin; configs import it as well)
     if not osp.isfile(checkpoint):
         raise DemoError(f'checkpoint {checkpoint!r} does not exist')
     model = MODELS.build(cfg.model)
@@ -96,9 +97,9 @@ def predict(model, cfg: Config, video: str) -> torch.Tensor:
 def write_visualisation(video: str, scores: torch.Tensor, names: Sequence[str], k: int,
                         out_file: str, fps: float, width: int) -> None:
     """Draw the top-k predictions on every frame with ActionVisualizer and save the video."""
+    import decord
     from mmaction.structures import ActionDataSample
     from mmaction.visualization import ActionVisualizer
-    import decord
 
     reader = decord.VideoReader(video)
     frames = [frame[..., ::-1] for frame in reader.get_batch(range(len(reader))).asnumpy()]

@@ -21,8 +21,17 @@ from typing import Mapping, Tuple
 import torch
 
 from ..core.infer import CONV_KEY, is_video_state
-from .fit import (CLS_TOKEN_KEY, STAGE_NORM_KEY, FitRules, InterpolateRelPos, KeyReport,
-                  Reshape, StateDict, fit_state_dict, shape_of)
+from .fit import (
+    CLS_TOKEN_KEY,
+    STAGE_NORM_KEY,
+    FitRules,
+    InterpolateRelPos,
+    KeyReport,
+    Reshape,
+    StateDict,
+    fit_state_dict,
+    shape_of,
+)
 
 INFLATION_METHODS = ('center', 'average')
 # 'center' keeps a static clip exactly on the image model at every time step ('average' not at

@@ -17,8 +17,14 @@ from mmengine.model import is_model_wrapper
 
 from ..core.arch import MViTv2Arch
 from ..core.infer import HEAD_PREFIX, is_video_state
-from .fit import (FINE_TUNING, ArchitectureMismatchError, FitRules, KeyReport, StateDict,
-                  fit_state_dict)
+from .fit import (
+    FINE_TUNING,
+    ArchitectureMismatchError,
+    FitRules,
+    KeyReport,
+    StateDict,
+    fit_state_dict,
+)
 from .formats import FORMATS, detect_format, get_format, unwrap_checkpoint
 from .inflate import DEFAULT_INFLATION, check_inflation_method, inflate_state_dict
 from .safe_load import load_checkpoint_file

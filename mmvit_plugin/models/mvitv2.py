@@ -16,10 +16,21 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 from .. import ops
-from ..core.arch import (ARCHS, NUM_STAGES, BlockSpec, MViTv2Arch, block_specs,
-                         check_input_size, resolve_arch)
-from ..core.rel_pos import (Size, decomposed_rel_pos_bias, key_coordinate_indicator,
-                            rel_pos_query_terms)
+from ..core.arch import (
+    ARCHS,
+    NUM_STAGES,
+    BlockSpec,
+    MViTv2Arch,
+    block_specs,
+    check_input_size,
+    resolve_arch,
+)
+from ..core.rel_pos import (
+    Size,
+    decomposed_rel_pos_bias,
+    key_coordinate_indicator,
+    rel_pos_query_terms,
+)
 from ..registry import register_model
 
 LN_EPS = 1e-6
@@ -335,11 +346,11 @@ def _arch_from_args(arch, img_size, spatial_size, temporal_size) -> Tuple[MViTv2
                      if value is not None]
     if isinstance(arch, str):
         resolved = resolve_arch(arch)
-        if not resolved.video and arch.lower() in MMACTION_ARCHS and _in_mmaction_scope(
-                mmaction_keys):
+        # Only explicit mmaction2 keywords count: mmengine's default scope is process-global
+        # and sticky, so it cannot tell which host a config was written for.
+        if not resolved.video and arch.lower() in MMACTION_ARCHS and mmaction_keys:
             video_name = MMACTION_ARCHS[arch.lower()]
-            why = (f'{" and ".join(mmaction_keys)} (mmaction2 MViT keywords) were given'
-                   if mmaction_keys else 'it is built in the mmaction scope')
+            why = f'{" and ".join(mmaction_keys)} (mmaction2 MViT keywords) were given'
             raise ValueError(
                 f"MViTv2 arch={arch!r} is the image model here, but {why}: mmaction2's "
                 f"MViT {arch!r} is the video model MViTv2 calls {video_name!r}. Set "
@@ -370,14 +381,6 @@ def _as_size(img_size, arch: dict):
     if isinstance(img_size, int) and not arch.get('video', False):
         return (img_size, img_size)
     return tuple(img_size) if not isinstance(img_size, int) else img_size
-
-
-def _in_mmaction_scope(mmaction_keys: List[str]) -> bool:
-    if mmaction_keys:
-        return True
-    from mmengine.registry import DefaultScope
-    scope = DefaultScope.get_current_instance()
-    return scope is not None and scope.scope_name == 'mmaction'
 
 
 @register_model

@@ -8,10 +8,18 @@ import torch
 from helpers import TINY, canonical_with_head, randomise
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (FORMATS, CheckpointFormat, UnknownCheckpointFormatError,
-                                     detect_format, from_canonical, get_format,
-                                     package_checkpoint, read_canonical, to_canonical,
-                                     unwrap_checkpoint)
+from mmvit_plugin.checkpoint import (
+    FORMATS,
+    CheckpointFormat,
+    UnknownCheckpointFormatError,
+    detect_format,
+    from_canonical,
+    get_format,
+    package_checkpoint,
+    read_canonical,
+    to_canonical,
+    unwrap_checkpoint,
+)
 from mmvit_plugin.checkpoint import formats as formats_package
 from mmvit_plugin.checkpoint.formats.base import RenameFormat
 from mmvit_plugin.models.mvitv2 import MViTv2

@@ -6,15 +6,21 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import TINY
 from helpers import fresh_mvitv2 as fresh
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (INFLATION_METHODS, ArchitectureMismatchError,
-                                     check_inflation_method, from_canonical,
-                                     inflate_conv_weight, inflate_into_model,
-                                     inflate_state_dict, inflation_rules, package_checkpoint)
+from mmvit_plugin.checkpoint import (
+    INFLATION_METHODS,
+    ArchitectureMismatchError,
+    check_inflation_method,
+    from_canonical,
+    inflate_conv_weight,
+    inflate_into_model,
+    inflate_state_dict,
+    inflation_rules,
+    package_checkpoint,
+)
 from mmvit_plugin.checkpoint.load import log_report
 from mmvit_plugin.models.mvitv2 import MViTv2
 

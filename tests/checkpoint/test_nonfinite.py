@@ -6,9 +6,14 @@ import torch
 from helpers import TINY, fresh_mvitv2
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (NonFiniteWeightsError, check_finite_weights,
-                                     convert_checkpoint_for_model, from_canonical,
-                                     inflate_into_model, package_checkpoint)
+from mmvit_plugin.checkpoint import (
+    NonFiniteWeightsError,
+    check_finite_weights,
+    convert_checkpoint_for_model,
+    from_canonical,
+    inflate_into_model,
+    package_checkpoint,
+)
 from mmvit_plugin.models.mvitv2 import MViTv2
 
 IMAGE = dict(TINY, img_size=(64, 64))

@@ -2,14 +2,20 @@
 head handling, and the backbone's init_cfg for every format."""
 import pytest
 import torch
-
 from helpers import TINY
 from mmengine.registry import WEIGHT_INITIALIZERS
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (EXACT, FINE_TUNING, FORMATS, ArchitectureMismatchError,
-                                     MViTv2Pretrained, fit_state_dict, from_canonical,
-                                     package_checkpoint)
+from mmvit_plugin.checkpoint import (
+    EXACT,
+    FINE_TUNING,
+    FORMATS,
+    ArchitectureMismatchError,
+    MViTv2Pretrained,
+    fit_state_dict,
+    from_canonical,
+    package_checkpoint,
+)
 from mmvit_plugin.models.mvitv2 import MViTv2
 
 

@@ -13,13 +13,21 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
 import mmvit_plugin  # noqa: F401  (registers the mmengine globals)
-from mmvit_plugin.checkpoint import (CheckpointReadError, UnsafeCheckpointError,
-                                     init_backbone_from_checkpoint, load_checkpoint_file)
-from mmvit_plugin.checkpoint.safe_load import (TRUSTED_ENV, check_last_checkpoint,
-                                               history_buffer_getattr,
-                                               load_from_local_weights_only,
-                                               mmengine_safe_globals, trusted_checkpoints,
-                                               unsafe_globals_in_file)
+from mmvit_plugin.checkpoint import (
+    CheckpointReadError,
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+    load_into_backbone,
+)
+from mmvit_plugin.checkpoint.safe_load import (
+    TRUSTED_ENV,
+    check_last_checkpoint,
+    history_buffer_getattr,
+    load_from_local_weights_only,
+    mmengine_safe_globals,
+    trusted_checkpoints,
+    unsafe_globals_in_file,
+)
 from mmvit_plugin.models.mvitv2 import MViTv2
 
 
@@ -146,8 +154,7 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     backbone = MViTv2(arch=dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3),
                                 img_size=(64, 64)))
     with pytest.raises(CheckpointReadError, match='nope.pth'):
-        init_backbone_from_checkpoint(
-            backbone, dict(type='Pretrained', checkpoint=str(tmp_path / 'nope.pth')))
+        load_into_backbone(backbone, str(tmp_path / 'nope.pth'))
 
 
 @pytest.mark.parametrize('legacy', [False, True], ids=['zip', 'legacy'])

@@ -10,8 +10,13 @@ from helpers import TINY
 
 import mmvit_plugin  # noqa: F401
 from mmvit_plugin.core.arch import ARCHS, MViTv2Arch
-from mmvit_plugin.core.infer import (HEAD_PREFIX, InferredArch, infer_arch, is_video_conv,
-                                     is_video_state)
+from mmvit_plugin.core.infer import (
+    HEAD_PREFIX,
+    InferredArch,
+    infer_arch,
+    is_video_conv,
+    is_video_state,
+)
 from mmvit_plugin.models.mvitv2 import MViTv2
 
 # Fields the weights show (the rest keep the modality's defaults or are not in the weights).

@@ -4,9 +4,14 @@ import itertools
 import pytest
 import torch
 
-from mmvit_plugin.core.rel_pos import (decomposed_rel_pos_bias, key_coordinate_indicator,
-                                       rel_pos_index, rel_pos_query_terms,
-                                       rel_pos_table_length, resize_rel_pos_table)
+from mmvit_plugin.core.rel_pos import (
+    decomposed_rel_pos_bias,
+    key_coordinate_indicator,
+    rel_pos_index,
+    rel_pos_query_terms,
+    rel_pos_table_length,
+    resize_rel_pos_table,
+)
 
 
 @pytest.mark.parametrize('q_size,k_size', [(56, 14), (28, 28), (7, 14), (20, 19)])

@@ -11,8 +11,11 @@ from PIL import Image
 import mmvit_plugin.datasets.class_folders as class_folders
 import mmvit_plugin.datasets.image_folder as image_folder
 from mmvit_plugin.datasets.class_folders import DatasetLayoutError
-from mmvit_plugin.datasets.image_folder import (ImageClassFolder, LoadImageChecked,
-                                                check_image_header)
+from mmvit_plugin.datasets.image_folder import (
+    ImageClassFolder,
+    LoadImageChecked,
+    check_image_header,
+)
 
 
 def _save(path: str, array: np.ndarray, mode: str = None) -> str:

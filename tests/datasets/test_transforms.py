@@ -6,9 +6,16 @@ from mmengine.dataset import Compose
 from mmengine.registry import DefaultScope
 
 import mmvit_plugin  # noqa: F401  (registers the plugin)
-from mmvit_plugin.datasets.transforms import (INCREASING_OPS, ClipOp, ClipRandAugment,
-                                              RandAugmentSpec, apply_op, op_argument,
-                                              parse_randaugment_spec, sample_clip_ops)
+from mmvit_plugin.datasets.transforms import (
+    INCREASING_OPS,
+    ClipOp,
+    ClipRandAugment,
+    RandAugmentSpec,
+    apply_op,
+    op_argument,
+    parse_randaugment_spec,
+    sample_clip_ops,
+)
 
 
 def textured_frame(seed=0, shape=(40, 48, 3)):

@@ -13,8 +13,11 @@ from mmpretrain.registry import DATASETS as PRETRAIN_DATASETS
 import mmvit_plugin  # noqa: F401  (registers the plugin)
 from mmvit_plugin.datasets import class_folders, video_folder
 from mmvit_plugin.datasets.class_folders import DatasetLayoutError
-from mmvit_plugin.datasets.video_folder import (VideoDatasetError, VideoFolderDataset,
-                                                parse_list_file)
+from mmvit_plugin.datasets.video_folder import (
+    VideoDatasetError,
+    VideoFolderDataset,
+    parse_list_file,
+)
 
 # Frame t of every test video is a flat grey of level LEVELS[t]: far enough apart that the
 # codec's error never confuses two frames, so decoded frames tell their index.

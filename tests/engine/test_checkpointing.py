@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 from mmengine.runner import runner as runner_module
+from test_hooks import make_runner
 
 import mmvit_plugin  # noqa: F401
 from mmvit_plugin.engine.checkpointing import partial_name
-from test_hooks import make_runner
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 

@@ -3,8 +3,8 @@ resumed or load_from weights), CheckpointFormatHook (load_from in any format), s
 of a crafted file by load_from and resume, and resume of the runner's own checkpoints under
 torch's weights_only default."""
 import itertools
-import random
 import pickle
+import random
 import uuid
 
 import numpy as np
@@ -14,9 +14,14 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import mmvit_plugin  # noqa: F401
+from mmvit_plugin.checkpoint import (
+    ArchitectureMismatchError,
+    UnsafeCheckpointError,
+    from_canonical,
+    inflate_conv_weight,
+    package_checkpoint,
+)
 from mmvit_plugin.engine import hooks
-from mmvit_plugin.checkpoint import (ArchitectureMismatchError, UnsafeCheckpointError,
-                                     from_canonical, inflate_conv_weight, package_checkpoint)
 from mmvit_plugin.models.mvitv2 import MViTv2
 
 TINY = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3))

@@ -8,13 +8,16 @@ import torch
 import torch.multiprocessing as mp
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from test_hooks import model_cfg
 from torch.utils.data import Dataset
 
 import mmvit_plugin  # noqa: F401
 from mmvit_plugin.engine.schedules import ScheduleDoesNotFitError, fit_schedulers
-from mmvit_plugin.engine.training_checks import (NonFiniteLossError, TooLittleDataError,
-                                                  check_every_rank_has_batches)
-from test_hooks import model_cfg
+from mmvit_plugin.engine.training_checks import (
+    NonFiniteLossError,
+    TooLittleDataError,
+    check_every_rank_has_batches,
+)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 

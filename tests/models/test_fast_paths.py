@@ -8,8 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from mmvit_plugin import ops
-from mmvit_plugin.models.mvitv2 import (ATTN_IMPLS, FastMlp, FastPoolingAttention, Mlp, MViTv2,
-                                        PoolingAttention)
+from mmvit_plugin.models.mvitv2 import (
+    ATTN_IMPLS,
+    FastMlp,
+    FastPoolingAttention,
+    Mlp,
+    MViTv2,
+    PoolingAttention,
+)
 
 TINY_IMAGE = dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3),
                   img_size=(64, 64))

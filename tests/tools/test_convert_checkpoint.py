@@ -11,8 +11,15 @@ from helpers import REPO, TINY, canonical_with_head, load_tool, write_payload_ch
 from mmengine.config import Config
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.checkpoint import (FORMATS, arch_name_for, decide_cls_token, from_canonical,
-                                     markdown_table, package_checkpoint, read_canonical)
+from mmvit_plugin.checkpoint import (
+    FORMATS,
+    arch_name_for,
+    decide_cls_token,
+    from_canonical,
+    markdown_table,
+    package_checkpoint,
+    read_canonical,
+)
 from mmvit_plugin.checkpoint.load import canonical_from_object
 from mmvit_plugin.core.infer import infer_arch
 from mmvit_plugin.models.mvitv2 import MViTv2

@@ -248,8 +248,8 @@ def prepare_image_weights(args) -> dict:
     cfg = Config.fromfile(IMAGE_CONFIG)
     _point_loaders(cfg, image_root, args.workers)
     if args.image_train:
-        from mmpretrain.registry import DATASETS
         from mmengine.registry import DefaultScope
+        from mmpretrain.registry import DATASETS
         with DefaultScope.overwrite_default_scope('mmpretrain'):
             dataset = DATASETS.build(dict(cfg.train_dataloader.dataset, pipeline=[]))
         labels = [int(dataset.get_data_info(i)['gt_label']) for i in range(len(dataset))]
@@ -259,8 +259,8 @@ def prepare_image_weights(args) -> dict:
     else:
         count = None
     if count is None:
-        from mmpretrain.registry import DATASETS
         from mmengine.registry import DefaultScope
+        from mmpretrain.registry import DATASETS
         with DefaultScope.overwrite_default_scope('mmpretrain'):
             count = len(DATASETS.build(dict(cfg.train_dataloader.dataset, pipeline=[])))
     epochs, per_epoch = epochs_for(count, cfg.train_dataloader.batch_size, args.image_epochs, 2)
