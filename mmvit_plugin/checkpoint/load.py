@@ -146,7 +146,7 @@ def describe_backbone(backbone: nn.Module) -> str:
 def inflation_hint(path: str) -> str:
     return ("initialise a video model from image weights with custom_hooks=[dict("
             f"type='WeightInflationHook', checkpoint={path!r}, method='center')] "
-            "(or 'average'), or convert the file once and load the result")
+            "(or method='average'), which inflates them when training starts")
 
 
 def fit_loaded(loaded: LoadedCheckpoint, target: StateDict, rules: FitRules = FINE_TUNING,
