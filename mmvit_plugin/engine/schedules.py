@@ -29,8 +29,9 @@ def fit_schedulers(schedulers: Sequence[dict], epoch_length: int, max_epochs: in
 
     Every phase lasts at least one iteration, and a phase that ramps a value (``LinearLR``,
     any ``Linear*``: it reaches its end factor on its last step) at least two. A phase that
-    is stretched pushes the phases starting where it ended. No phase is moved past the end
-    of training. Other entries are returned unchanged.
+    is stretched pushes the phases starting where it ended. A warm-up that cannot finish
+    before training ends is refused; a later phase the run never reaches is harmless (as with
+    mmengine). Other entries are returned unchanged.
 
     Args:
         schedulers: mmengine scheduler configs (dicts).
@@ -55,11 +56,11 @@ def fit_schedulers(schedulers: Sequence[dict], epoch_length: int, max_epochs: in
         if end != INF and end - begin < minimum:
             end = begin + minimum
             moved[end_ep] = end
-        if end != INF and end > total:
-            kind = 'warm-up ' if minimum == 2 else ''
+        if minimum == 2 and begin < total and end != INF and end > total:
+            # a ramp that cannot finish: the run would end before the value got there
             raise ScheduleDoesNotFitError(
-                f'the {kind}learning-rate phase {cfg.get("type")} (epochs {begin_ep}-{end_ep}) '
-                f'needs at least {minimum} iteration(s) from iteration {begin}, but training '
+                f'the warm-up {cfg.get("type")} (epochs {begin_ep}-{end_ep}) needs at least '
+                f'{minimum} iterations from iteration {begin} to reach its value, but training '
                 f'has only {total} ({max_epochs} epoch(s) x {epoch_length} iteration(s); '
                 f'{describe_data}). Use a smaller train_dataloader.batch_size, more epochs '
                 '(max_epochs), more data, or a shorter warm-up.')
