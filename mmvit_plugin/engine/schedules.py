@@ -53,11 +53,13 @@ def fit_schedulers(schedulers: Sequence[dict], epoch_length: int, max_epochs: in
         begin = moved.get(begin_ep, _iters(begin_ep, epoch_length))
         end = _iters(end_ep, epoch_length)
         minimum = 2 if 'Linear' in str(cfg.get('type', '')) else 1
-        if end != INF and end - begin < minimum:
+        stretched = end != INF and end - begin < minimum
+        if stretched:
             end = begin + minimum
             moved[end_ep] = end
-        if minimum == 2 and begin < total and end != INF and end > total:
-            # a ramp that cannot finish: the run would end before the value got there
+        if stretched and minimum == 2 and begin < total and end > total:
+            # a ramp stretched past the end: the run would stop before the value got there
+            # (a long warm-up that a shortened run never finishes is the user's choice)
             raise ScheduleDoesNotFitError(
                 f'the warm-up {cfg.get("type")} (epochs {begin_ep}-{end_ep}) needs at least '
                 f'{minimum} iterations from iteration {begin} to reach its value, but training '
