@@ -1,27 +1,34 @@
 """Evaluate a checkpoint on a config's test split and print top-1 / top-5.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.{pkl,csv,json}]
-        [--amp] [--cfg-options key=value ...] [--launcher none|pytorch|slurm]
+        [--out-item pred|metrics] [--show-dir DIR] [--tta] [--amp] [--verbose]
+        [--cfg-options key=value ...] [--launcher none|pytorch|slurm|mpi]
 
-``--out`` writes one prediction per test sample: .pkl keeps mmpretrain's full data samples
+``--out`` writes one prediction per test sample: .pkl keeps the hosts' full data samples
 (scores included); .csv / .json hold img_path, gt_label, pred_label, pred_score, and the
-class names when the dataset has them.
+class names when the dataset has them (image and video configs alike). ``--out-item metrics``
+writes the metrics instead. The printed top-1 is checked against the predictions, and a test
+whose scores are NaN/Inf stops with an error instead of printing a meaningless accuracy.
 """
 import argparse
+import copy
 import json
+import math
 import os
 import os.path as osp
+import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-from mmengine.config import Config, DictAction
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import get_rank
-from mmengine.fileio import load
+from mmengine.fileio import dump, load
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmvit_plugin  # noqa: F401
-from mmvit_plugin.engine import launch
+from mmvit_plugin.engine import console, launch
 
 OUT_FORMATS = ('.pkl', '.csv', '.json')
 
@@ -33,39 +40,133 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', help='folder for the test log (default: ./work_dirs/'
                         '<config name>)')
     parser.add_argument('--out', help=f'dump per-sample predictions ({", ".join(OUT_FORMATS)})')
+    parser.add_argument('--out-item', choices=['pred', 'metrics'],
+                        help="what --out holds: per-sample predictions ('pred', default) or "
+                        "the metrics ('metrics', .pkl or .json)")
+    parser.add_argument('--show-dir', help='draw each test sample with its prediction into '
+                        'this folder (inside the work dir, as the hosts do)')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation: the config\'s tta_model/tta_pipeline, or '
+                        'for image configs the average over the image and its horizontal flip')
     parser.add_argument('--amp', action='store_true',
                         help='mixed-precision inference (bfloat16 on the CPU)')
+    parser.add_argument('--verbose', action='store_true',
+                        help='print the full config and every setting on the console '
+                        '(always in the log file)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config entries, e.g. '
                         'test_dataloader.dataset.data_root=/data/x')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none')
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     if args.out and osp.splitext(args.out)[1] not in OUT_FORMATS:
         parser.error(f'--out {args.out}: the file name must end with one of {OUT_FORMATS}')
+    if args.out_item and not args.out:
+        parser.error('--out-item needs --out FILE')
+    if args.out_item == 'metrics' and args.out.endswith('.csv'):
+        parser.error('--out-item metrics: write the metrics to a .json or .pkl file')
     if not osp.isfile(args.checkpoint):
         parser.error(f'checkpoint {args.checkpoint!r} does not exist')
     return args
 
 
+def _values(field) -> Optional[torch.Tensor]:
+    """A dumped label/score field as a flat tensor (mmpretrain stores tensors, mmaction2
+    ``LabelData`` dicts: ``{'item': tensor}``)."""
+    if field is None:
+        return None
+    if isinstance(field, dict):
+        field = field.get('item')
+    return None if field is None else torch.as_tensor(field).reshape(-1)
+
+
+def _first(sample: dict, *keys):
+    return next((sample[k] for k in keys if k in sample), None)
+
+
 def prediction_rows(samples: List[dict], classes) -> List[Dict]:
-    """Flat rows (img_path, gt_label, pred_label, pred_score[, class names]) of dumped samples."""
+    """Flat rows (img_path, gt_label, pred_label, pred_score[, class names]) of dumped samples.
+
+    Works for mmpretrain (pred_score, gt_label, img_path) and mmaction2 (pred_scores,
+    gt_labels, filename) samples. The predicted label is the arg-max of the scores, the rule
+    the accuracy metrics use.
+    """
     rows = []
     for sample in samples:
-        pred = int(sample['pred_label'].reshape(-1)[0])
-        row = dict(img_path=sample.get('img_path', ''),
-                   gt_label=int(sample['gt_label'].reshape(-1)[0]) if 'gt_label' in sample
-                   else None,
+        scores = _values(_first(sample, 'pred_score', 'pred_scores'))
+        if scores is None:
+            raise KeyError(f'a dumped test sample has no pred_score/pred_scores (keys: '
+                           f'{sorted(sample)})')
+        pred = int(scores.argmax())
+        gt = _values(_first(sample, 'gt_label', 'gt_labels'))
+        row = dict(img_path=_first(sample, 'img_path', 'filename') or '',
+                   gt_label=int(gt[0]) if gt is not None and gt.numel() else None,
                    pred_label=pred,
-                   pred_score=float(sample['pred_score'][pred]))
+                   pred_score=float(scores[pred]))
         if classes:
             row['pred_class'] = classes[pred]
             if row['gt_label'] is not None:
                 row['gt_class'] = classes[row['gt_label']]
         rows.append(row)
     return rows
+
+
+def non_finite_count(samples: List[dict]) -> int:
+    """How many dumped samples have a NaN or infinite score."""
+    count = 0
+    for sample in samples:
+        scores = _values(_first(sample, 'pred_score', 'pred_scores'))
+        if scores is not None and not bool(torch.isfinite(scores.float()).all()):
+            count += 1
+    return count
+
+
+def top1_of(rows: List[Dict]) -> Optional[float]:
+    labelled = [r for r in rows if r['gt_label'] is not None]
+    if not labelled:
+        return None
+    return 100.0 * sum(r['gt_label'] == r['pred_label'] for r in labelled) / len(labelled)
+
+
+def printed_top1(metrics: Dict[str, float]) -> Optional[float]:
+    for key, scale in (('accuracy/top1', 1), ('acc/top1', 100)):
+        if key in metrics:
+            return metrics[key] * scale
+    return None
+
+
+def apply_tta(cfg: Config) -> None:
+    """Turn the config into its test-time-augmentation form, as mmpretrain's test.py does."""
+    if cfg.get('default_scope') != 'mmpretrain' and 'tta_model' not in cfg:
+        raise SystemExit('--tta: this config defines no tta_model; mmaction2 has no TTA wrapper '
+                         'for recognizers: its test pipeline already averages the views it '
+                         'samples (SampleFrames num_clips x ThreeCrop/TenCrop). Add tta_model '
+                         'and tta_pipeline to the config to use --tta.')
+    tta_model = cfg.get('tta_model') or dict(type='mmpretrain.AverageClsScoreTTA')
+    if 'tta_pipeline' not in cfg:
+        test_pipeline = cfg.test_dataloader.dataset.pipeline
+        cfg.tta_pipeline = copy.deepcopy(test_pipeline)
+        cfg.tta_pipeline[-1] = dict(
+            type='TestTimeAug',
+            transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+                        [test_pipeline[-1]]])
+    cfg.model = ConfigDict(**tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def apply_show_dir(cfg: Config, show_dir: str) -> None:
+    if cfg.get('default_scope') != 'mmpretrain':
+        # mmaction2's VisualizationHook draws (C, T, H, W) inputs; the recipes pack
+        # (views, C, T, H, W) clips, which it cannot draw.
+        raise SystemExit('--show-dir draws image predictions; for a video use '
+                         'tools/demo_video.py CONFIG CKPT VIDEO LABELS --out-file out.mp4')
+    hooks = cfg.setdefault('default_hooks', ConfigDict())
+    if 'visualization' not in hooks:
+        hooks.visualization = ConfigDict(type='VisualizationHook')
+    hooks.visualization.update(enable=True, out_dir=show_dir, interval=1)
 
 
 def write_rows(rows: List[Dict], path: str) -> None:
@@ -95,6 +196,7 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 
 def main() -> None:
     args = parse_args()
+    console.quiet_console(verbose=args.verbose)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -104,6 +206,10 @@ def main() -> None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    if args.tta:
+        apply_tta(cfg)
+    if args.show_dir:
+        apply_show_dir(cfg, args.show_dir)
     launch.apply_dataloader_defaults(cfg)
     if args.amp:
         cfg.test_cfg = cfg.get('test_cfg') or {}
@@ -111,14 +217,14 @@ def main() -> None:
     launch.prepare_distributed(cfg, args.launcher)
     cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='TestProgressHook')]
 
-    dump_path = None
-    if args.out:
-        dump_path = args.out if args.out.endswith('.pkl') else osp.join(
-            tempfile.mkdtemp(prefix='mmvit_test_'), 'predictions.pkl')
-        evaluator = cfg.test_evaluator
-        metrics = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
-        metrics.append(dict(type='DumpResults', out_file_path=dump_path))
-        cfg.test_evaluator = metrics
+    # The predictions are always collected: the printed accuracy is checked against them.
+    want_samples = args.out and args.out_item != 'metrics'
+    dump_path = args.out if want_samples and args.out.endswith('.pkl') else osp.join(
+        tempfile.mkdtemp(prefix='mmvit_test_'), 'predictions.pkl')
+    evaluator = cfg.test_evaluator
+    metrics = list(evaluator) if isinstance(evaluator, (list, tuple)) else [evaluator]
+    metrics.append(dict(type='DumpResults', out_file_path=dump_path))
+    cfg.test_evaluator = metrics
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     metrics = runner.test()
@@ -126,15 +232,36 @@ def main() -> None:
     launch.shutdown_distributed()
     if rank != 0:
         return
+    samples = load(dump_path)
+    if dump_path != args.out:
+        os.remove(dump_path)
+    bad = non_finite_count(samples)
+    if bad:
+        print(f'\n{osp.basename(args.checkpoint)}: {bad} of {len(samples)} test samples got '
+              'NaN/Inf scores, so no accuracy is printed (it would be meaningless). The '
+              "checkpoint's weights or the inputs are not finite: check the weights for NaN/Inf "
+              '(a run that trained on a NaN loss) and the test data.', file=sys.stderr,
+              flush=True)
+        raise SystemExit(1)
+    classes = runner.test_dataloader.dataset.metainfo.get('classes')
+    rows = prediction_rows(samples, classes)
     print(f'\n{osp.basename(args.checkpoint)} on '
           f'{len(runner.test_dataloader.dataset)} test samples: {format_metrics(metrics)}',
           flush=True)
-    if dump_path and not args.out.endswith('.pkl'):
-        classes = runner.test_dataloader.dataset.metainfo.get('classes')
-        write_rows(prediction_rows(load(dump_path), classes), args.out)
-        os.remove(dump_path)
+    from_rows, from_metric = top1_of(rows), printed_top1(metrics)
+    if from_rows is not None and from_metric is not None and \
+            not math.isclose(from_rows, from_metric, abs_tol=0.01):
+        print(f'warning: the predictions give top-1 {from_rows:.2f}%, the metric '
+              f'{from_metric:.2f}% (ties between scores are broken differently)', flush=True)
+    if args.out and args.out_item == 'metrics':
+        dump(metrics, args.out)
+    elif args.out and not args.out.endswith('.pkl'):
+        write_rows(rows, args.out)
     if args.out:
-        print(f'predictions written to {args.out}', flush=True)
+        print(f'{"metrics" if args.out_item == "metrics" else "predictions"} written to '
+              f'{args.out}', flush=True)
+    if args.show_dir:
+        print(f'drawn predictions in {args.show_dir}', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """Train a model from an mmengine config (mmpretrain or mmaction2 scope).
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--auto-scale-lr]
-        [--no-validate] [--cfg-options key=value ...] [--launcher none|pytorch|slurm]
+        [--no-validate] [--seed N] [--deterministic] [--verbose]
+        [--cfg-options key=value ...] [--launcher none|pytorch|slurm|mpi]
 
 Multi-process: tools/dist_train.sh CONFIG NPROC (torchrun). Without a GPU the processes train
 on the CPU over gloo.
@@ -16,7 +17,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmvit_plugin  # noqa: F401  (registers the plugin; makes resume loading safe)
-from mmvit_plugin.engine import launch
+from mmvit_plugin.engine import console, launch
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,10 +37,18 @@ def parse_args() -> argparse.Namespace:
                         help='skip validation during training')
     parser.add_argument('--no-persistent-workers', action='store_true',
                         help='restart dataloader workers every epoch')
+    parser.add_argument('--seed', type=int, help='random seed (default: the config\'s '
+                        'randomness.seed)')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='deterministic cuDNN/torch algorithms (slower on a GPU)')
+    parser.add_argument('--verbose', action='store_true',
+                        help='print the full config, hook order and per-parameter optimizer '
+                        'settings on the console (always in the log file)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config entries, e.g. '
                         'train_dataloader.dataset.data_root=/data/x train_cfg.max_epochs=5')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none',
                         help='job launcher (set by dist_train.sh / slurm_train.sh)')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead.
     parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
@@ -57,6 +66,13 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif not cfg.get('work_dir'):
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.seed is not None or args.deterministic:
+        randomness = dict(cfg.get('randomness') or {})
+        if args.seed is not None:
+            randomness['seed'] = args.seed
+        if args.deterministic:
+            randomness['deterministic'] = True
+        cfg.randomness = randomness
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     launch.apply_dataloader_defaults(cfg, persistent_workers=not args.no_persistent_workers)
@@ -71,6 +87,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main() -> None:
     args = parse_args()
+    console.quiet_console(verbose=args.verbose)
     cfg = build_config(args)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     start = time.time()

@@ -1,6 +1,6 @@
 """Glue between the command-line tools and mmengine's Runner, for machines with or without a GPU.
 
-- ``--launcher pytorch|slurm`` calls ``torch.cuda.set_device`` and wraps the model in DDP with
+- ``--launcher pytorch|slurm|mpi`` calls ``torch.cuda.set_device`` and wraps the model in DDP with
   ``device_ids=[LOCAL_RANK]``: without a GPU we start a gloo process group ourselves and wrap
   with ``device_ids=None`` (the Runner then skips its own ``init_dist``).
 - ``persistent_workers=True`` is forced on every dataloader, which torch rejects when
@@ -51,6 +51,24 @@ def slurm_to_torch_env(slurm_env: Mapping[str, str], master_addr: str,
                 MASTER_PORT=slurm_env.get('MASTER_PORT', default_port))
 
 
+def mpi_to_torch_env(mpi_env: Mapping[str, str], default_port: str = '29500') -> Dict[str, str]:
+    """The ``env://`` variables for one Open MPI process (``mpirun``); MASTER_ADDR must be set
+    (``mpirun -x MASTER_ADDR=host``), as mmengine's own mpi launcher requires."""
+    try:
+        rank = int(mpi_env['OMPI_COMM_WORLD_RANK'])
+        world_size = int(mpi_env['OMPI_COMM_WORLD_SIZE'])
+    except KeyError as err:
+        raise RuntimeError(f'--launcher mpi: environment variable {err.args[0]} is not set; '
+                           'start the job with mpirun (Open MPI)') from None
+    if 'MASTER_ADDR' not in mpi_env:
+        raise RuntimeError('--launcher mpi: set MASTER_ADDR to the first host '
+                           '(mpirun -x MASTER_ADDR=<host> ...)')
+    return dict(RANK=str(rank), WORLD_SIZE=str(world_size),
+                LOCAL_RANK=mpi_env.get('OMPI_COMM_WORLD_LOCAL_RANK', '0'),
+                MASTER_ADDR=mpi_env['MASTER_ADDR'],
+                MASTER_PORT=mpi_env.get('MASTER_PORT', default_port))
+
+
 def _first_slurm_host(node_list: str) -> str:
     output = subprocess.run(['scontrol', 'show', 'hostnames', node_list], check=True,
                             capture_output=True, text=True).stdout
@@ -64,9 +82,11 @@ def init_cpu_process_group(launcher: str, timeout_s: int = DEFAULT_DIST_TIMEOUT_
     if launcher == 'slurm':
         os.environ.update(
             slurm_to_torch_env(os.environ, _first_slurm_host(os.environ['SLURM_NODELIST'])))
+    elif launcher == 'mpi':
+        os.environ.update(mpi_to_torch_env(os.environ))
     elif launcher != 'pytorch':
         raise ValueError(f'launcher {launcher!r} is not supported without a GPU; use '
-                         "'pytorch' (tools/dist_train.sh, torchrun) or 'slurm'")
+                         "'pytorch' (tools/dist_train.sh, torchrun), 'slurm' or 'mpi'")
     missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
                if k not in os.environ]
     if missing:

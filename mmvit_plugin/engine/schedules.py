@@ -29,8 +29,9 @@ def fit_schedulers(schedulers: Sequence[dict], epoch_length: int, max_epochs: in
 
     Every phase lasts at least one iteration, and a phase that ramps a value (``LinearLR``,
     any ``Linear*``: it reaches its end factor on its last step) at least two. A phase that
-    is stretched pushes the phases starting where it ended. No phase is moved past the end
-    of training. Other entries are returned unchanged.
+    is stretched pushes the phases starting where it ended. A warm-up that cannot finish
+    before training ends is refused; a later phase the run never reaches is harmless (as with
+    mmengine). Other entries are returned unchanged.
 
     Args:
         schedulers: mmengine scheduler configs (dicts).
@@ -52,14 +53,16 @@ def fit_schedulers(schedulers: Sequence[dict], epoch_length: int, max_epochs: in
         begin = moved.get(begin_ep, _iters(begin_ep, epoch_length))
         end = _iters(end_ep, epoch_length)
         minimum = 2 if 'Linear' in str(cfg.get('type', '')) else 1
-        if end != INF and end - begin < minimum:
+        stretched = end != INF and end - begin < minimum
+        if stretched:
             end = begin + minimum
             moved[end_ep] = end
-        if end != INF and end > total:
-            kind = 'warm-up ' if minimum == 2 else ''
+        if stretched and minimum == 2 and begin < total and end > total:
+            # a ramp stretched past the end: the run would stop before the value got there
+            # (a long warm-up that a shortened run never finishes is the user's choice)
             raise ScheduleDoesNotFitError(
-                f'the {kind}learning-rate phase {cfg.get("type")} (epochs {begin_ep}-{end_ep}) '
-                f'needs at least {minimum} iteration(s) from iteration {begin}, but training '
+                f'the warm-up {cfg.get("type")} (epochs {begin_ep}-{end_ep}) needs at least '
+                f'{minimum} iterations from iteration {begin} to reach its value, but training '
                 f'has only {total} ({max_epochs} epoch(s) x {epoch_length} iteration(s); '
                 f'{describe_data}). Use a smaller train_dataloader.batch_size, more epochs '
                 '(max_epochs), more data, or a shorter warm-up.')

@@ -92,5 +92,12 @@ def test_prepare_distributed_without_gpu_uses_gloo_and_no_device_ids(monkeypatch
     finally:
         launch.shutdown_distributed()
     assert not torch_dist.is_initialized()
-    with pytest.raises(ValueError, match="launcher 'mpi' is not supported"):
+    with pytest.raises(ValueError, match="launcher 'lsf' is not supported"):
+        launch.init_cpu_process_group('lsf')
+    # mpi is supported: without mpirun's variables it says what is missing
+    with pytest.raises(RuntimeError, match='OMPI_COMM_WORLD_RANK is not set'):
         launch.init_cpu_process_group('mpi')
+    env = launch.mpi_to_torch_env(dict(OMPI_COMM_WORLD_RANK='1', OMPI_COMM_WORLD_SIZE='2',
+                                       OMPI_COMM_WORLD_LOCAL_RANK='1', MASTER_ADDR='h0'))
+    assert env == dict(RANK='1', WORLD_SIZE='2', LOCAL_RANK='1', MASTER_ADDR='h0',
+                       MASTER_PORT='29500')

@@ -126,6 +126,7 @@ def test_a_schedule_that_cannot_fit_names_the_sizes(tmp_path):
         runner_for(tmp_path, 3, 4, epochs=1).train()  # 1 iteration in all: no 2-step warm-up
     message = str(err.value)
     assert 'of 3 samples' in message and 'batch size 4' in message
+    assert 'the warm-up LinearLR (epochs 0-0.5) needs at least 2 iterations' in message
     assert 'smaller train_dataloader.batch_size' in message
 
 

@@ -172,7 +172,8 @@ def test_train_amp_then_test_prints_top1_and_dumps_predictions(workspace, tmp_pa
     trained = _train(workspace, work_dir, '--amp', '--cfg-options', 'train_cfg.max_epochs=1')
     log = trained.stdout + trained.stderr
     assert 'bfloat16 autocast on the CPU' in log
-    assert 'CPUAutocastOptimWrapper' in log
+    # the config dump (log file only: the console is quiet) shows the wrapper used
+    assert 'CPUAutocastOptimWrapper' in next(work_dir.glob('*/*.log')).read_text()
     out = tmp_path / 'preds.csv'
     tested = _run([sys.executable, 'tools/test.py', workspace['config'],
                    str(work_dir / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test'),
@@ -223,3 +224,63 @@ def test_format_metrics_prints_both_hosts_accuracies_as_percentages():
     spec.loader.exec_module(tool)
     assert tool.format_metrics({'accuracy/top1': 91.234}).startswith('top-1: 91.23%')
     assert tool.format_metrics({'acc/top1': 0.795, 'acc/top5': 1.0}) == 'top-1: 79.50%  top-5: 100.00%'
+
+
+def _test_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('test_tool', osp.join(REPO, 'tools', 'test.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_prediction_rows_read_both_hosts_samples_and_spot_non_finite_scores():
+    tool = _test_tool()
+    image = dict(img_path='a.png', gt_label=torch.tensor([1]),
+                 pred_score=torch.tensor([0.2, 0.8]), pred_label=torch.tensor([1]))
+    # mmaction2 dumps LabelData fields as {'item': tensor} under plural names
+    video = dict(filename='b.mp4', gt_labels={'item': torch.tensor([0])},
+                 pred_scores={'item': torch.tensor([0.9, 0.1])},
+                 pred_labels={'item': torch.tensor([0])})
+    rows = tool.prediction_rows([image, video], ('x', 'y'))
+    assert [(r['img_path'], r['gt_label'], r['pred_label'], r['pred_class']) for r in rows] == \
+        [('a.png', 1, 1, 'y'), ('b.mp4', 0, 0, 'x')]
+    assert tool.top1_of(rows) == 100.0
+    nan = dict(image, pred_score=torch.tensor([float('nan'), 0.5]))
+    assert tool.non_finite_count([image, nan, video]) == 1
+
+
+def test_test_tool_tta_show_dir_and_metrics_out(workspace, tmp_path):
+    work_dir = tmp_path / 'train'
+    _train(workspace, work_dir, '--seed', '3', '--deterministic', '--cfg-options',
+           'train_cfg.max_epochs=1')
+    ckpt = str(work_dir / 'epoch_1.pth')
+    assert _load(ckpt)['meta']['seed'] == 3
+    show = tmp_path / 'drawn'
+    metrics_out = tmp_path / 'metrics.json'
+    # --tta wraps the model in AverageClsScoreTTA: CheckpointFormatHook looks through it
+    tested = _run([sys.executable, 'tools/test.py', workspace['config'], ckpt, '--tta',
+                   '--out', str(metrics_out), '--out-item', 'metrics',
+                   '--work-dir', str(tmp_path / 'test')], workspace)
+    assert 'on 10 test samples: top-1: ' in tested.stdout, tested.stdout + tested.stderr
+    assert 'metrics written to' in tested.stdout
+    import json
+    assert 'accuracy/top1' in json.loads(metrics_out.read_text())
+    drawn = _run([sys.executable, 'tools/test.py', workspace['config'], ckpt,
+                  '--show-dir', str(show), '--work-dir', str(tmp_path / 'test')], workspace)
+    assert f'drawn predictions in {show}' in drawn.stdout
+    # mmpretrain names a drawing after the image's file name: dark/000.png and light/000.png
+    # share one
+    assert {p.name for p in show.glob('*.png')} == {f'{i:03d}.png_0.png' for i in range(5)}
+
+
+def test_train_console_is_quiet_unless_verbose(workspace, tmp_path):
+    quiet = _train(workspace, tmp_path / 'quiet', '--cfg-options', 'train_cfg.max_epochs=1')
+    assert 'Config:' not in quiet.stdout and 'paramwise_options' not in quiet.stdout
+    assert 'config: in the log file' in quiet.stdout
+    assert 'Epoch(train)' in quiet.stdout  # progress still shows
+    log = next((tmp_path / 'quiet').glob('*/*.log')).read_text()
+    assert 'Config:' in log  # the full dump is kept in the log file
+    verbose = _train(workspace, tmp_path / 'verbose', '--verbose', '--cfg-options',
+                     'train_cfg.max_epochs=1')
+    assert 'Config:' in verbose.stdout
