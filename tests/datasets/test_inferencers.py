@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 def tiny_model(tmp_path_factory):
     """A config on the image quickstart with a tiny arch, and a checkpoint of a random model."""
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     base = tmp_path_factory.mktemp('inferencer')
     config = base / 'tiny_image.py'
@@ -32,7 +33,8 @@ data_preprocessor = dict(num_classes=3)
 ''')
     cfg = Config.fromfile(str(config))
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # whatever ran before set it
+        model = MODELS.build(cfg.model)
     checkpoint = str(base / 'random.pth')
     torch.save({'state_dict': model.state_dict(),
                 'meta': {'dataset_meta': {'classes': ('cat', 'dog', 'eel')}}}, checkpoint)
