@@ -16,6 +16,14 @@ QUICKSTART = osp.join(REPO, 'configs', 'quickstart_image.py')
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 
+@pytest.fixture(autouse=True)
+def pretrain_scope():
+    """A fresh process has no default scope; an earlier video test may have left mmaction's."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield
+
+
 @pytest.fixture(scope='module')
 def tiny_model(tmp_path_factory):
     """A config on the image quickstart with a tiny arch, and a checkpoint of a random model."""
