@@ -16,10 +16,19 @@ QUICKSTART = osp.join(REPO, 'configs', 'quickstart_image.py')
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 
+@pytest.fixture(autouse=True)
+def pretrain_scope():
+    """A fresh process has no default scope; an earlier video test may have left mmaction's."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        yield
+
+
 @pytest.fixture(scope='module')
 def tiny_model(tmp_path_factory):
     """A config on the image quickstart with a tiny arch, and a checkpoint of a random model."""
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     base = tmp_path_factory.mktemp('inferencer')
     config = base / 'tiny_image.py'
@@ -32,7 +41,8 @@ data_preprocessor = dict(num_classes=3)
 ''')
     cfg = Config.fromfile(str(config))
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # whatever ran before set it
+        model = MODELS.build(cfg.model)
     checkpoint = str(base / 'random.pth')
     torch.save({'state_dict': model.state_dict(),
                 'meta': {'dataset_meta': {'classes': ('cat', 'dog', 'eel')}}}, checkpoint)
