@@ -3,16 +3,33 @@
 #   python tools/train.py configs/mvitv2_t_imagenet_lazy.py
 # Pure-Python configs cannot inherit dict-style files, so everything is spelled out here.
 from mmengine.dataset import DefaultSampler
-from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook, LoggerHook,
-                            ParamSchedulerHook)
+from mmengine.hooks import (
+                            CheckpointHook,
+                            DistSamplerSeedHook,
+                            IterTimerHook,
+                            LoggerHook,
+                            ParamSchedulerHook,
+)
 from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper
 from mmengine.visualization import LocalVisBackend
-from mmpretrain.datasets import (PackInputs, RandAugment, RandomErasing, RandomFlip,
-                                 RandomResizedCrop, ResizeEdge)
-from mmpretrain.datasets import CenterCrop
+from mmpretrain.datasets import (
+                            CenterCrop,
+                            PackInputs,
+                            RandAugment,
+                            RandomErasing,
+                            RandomFlip,
+                            RandomResizedCrop,
+                            ResizeEdge,
+)
 from mmpretrain.engine import VisualizationHook
 from mmpretrain.evaluation import Accuracy
-from mmpretrain.models import ClsDataPreprocessor, CutMix, LabelSmoothLoss, LinearClsHead, Mixup
+from mmpretrain.models import (
+                            ClsDataPreprocessor,
+                            CutMix,
+                            LabelSmoothLoss,
+                            LinearClsHead,
+                            Mixup,
+)
 from mmpretrain.visualization import UniversalVisualizer
 from torch.optim import AdamW
 

@@ -4,13 +4,13 @@ import os.path as osp
 
 import pytest
 import torch
+from media import REPO, config_path, random_checkpoint, real_clip
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
 import mmvit_plugin  # noqa: F401  (registers the plugin)
-from media import REPO, config_path, random_checkpoint, real_clip
 
 VIDEO_CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(REPO, 'configs', '*.py'))
                        if Config.fromfile(p).get('default_scope') == 'mmaction')

@@ -136,7 +136,7 @@ def _ten_class_folder(root) -> str:
     return str(root)
 
 
-def _train_one_step(cfg: Config, tmp_path) -> 'torch.nn.Module':
+def _train_one_step(cfg: Config, tmp_path):
     from mmengine.runner import Runner
     cfg.model.backbone.arch = TINY_IMAGE_ARCH
     cfg.model.head.in_channels = 64
