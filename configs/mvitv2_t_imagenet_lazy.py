@@ -23,7 +23,13 @@ from mmpretrain.datasets import (
 )
 from mmpretrain.engine import VisualizationHook
 from mmpretrain.evaluation import Accuracy
-from mmpretrain.models import ClsDataPreprocessor, CutMix, LabelSmoothLoss, LinearClsHead, Mixup
+from mmpretrain.models import (
+                            ClsDataPreprocessor,
+                            CutMix,
+                            LabelSmoothLoss,
+                            LinearClsHead,
+                            Mixup,
+)
 from mmpretrain.visualization import UniversalVisualizer
 from torch.optim import AdamW
 

@@ -1,2 +1,16 @@
 """mmengine glue for users: the model index, the one-setting classifier builder, inference."""
 from . import num_classes  # noqa: F401  (registers SyncedImageClassifier)
+from .model_index import config_and_weights, model_names, register_model_index
+
+register_model_index()
+
+
+def __getattr__(attr: str):
+    if attr == 'MViTv2ActionRecogInferencer':
+        from . import model_index
+        return model_index.MViTv2ActionRecogInferencer
+    raise AttributeError(f'module {__name__!r} has no attribute {attr!r}')
+
+
+__all__ = ['MViTv2ActionRecogInferencer', 'config_and_weights', 'model_names',
+           'register_model_index']

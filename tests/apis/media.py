@@ -35,11 +35,12 @@ def real_photo(folder, name: str = 'astronaut') -> str:
     return path
 
 
-def random_checkpoint(config: str, path: str, scope: str, cfg_options: dict = None) -> str:
-    """Save the model of ``config`` (randomly initialised) as an mmengine checkpoint."""
+def random_checkpoint(config: str, path: str, scope: str, edit=None) -> str:
+    """Save the model of ``config`` (randomly initialised, after ``edit(cfg)``) as an mmengine
+    checkpoint."""
     cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    if edit is not None:
+        edit(cfg)
     if scope == 'mmaction':
         from mmaction.registry import MODELS
     else:
