@@ -35,10 +35,13 @@ def assert_names_the_problem(err, source) -> None:
 
 
 def image_classifier():
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
-    return MODELS.build(dict(
-        type='ImageClassifier', backbone=dict(type='MViTv2', arch=IMAGE, out_type='avg_featmap'),
-        head=dict(type='LinearClsHead', num_classes=3, in_channels=128)))
+    with DefaultScope.overwrite_default_scope('mmpretrain'):  # another test may leave mmaction
+        return MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='MViTv2', arch=IMAGE, out_type='avg_featmap'),
+            head=dict(type='LinearClsHead', num_classes=3, in_channels=128)))
 
 
 def test_the_check_counts_only_float_tensors():

@@ -70,16 +70,16 @@ def _load_tool(name: str, path: str):
 def set_inflation(cfg, init: str, image_ckpt: Optional[str]) -> None:
     """Point the inflated config's WeightInflationHook at ``image_ckpt`` with method ``init``.
 
-    The one place that knows where the hook sits in the config (today: ``custom_hooks``).
+    The one place that knows where the hook sits in the config: ``default_hooks.weight_inflation``.
     """
     if init == 'scratch':
         return
-    hooks = [h for h in cfg.custom_hooks if h.get('type') == 'WeightInflationHook']
-    if len(hooks) != 1:
-        raise ValueError(f'{INFLATED_CONFIG}: expected one WeightInflationHook in custom_hooks, '
-                         f'found {len(hooks)}')
-    hooks[0].checkpoint = image_ckpt
-    hooks[0].method = init
+    hook = cfg.get('default_hooks', {}).get('weight_inflation')
+    if hook is None or hook.get('type') != 'WeightInflationHook':
+        raise ValueError(f'{INFLATED_CONFIG}: expected a WeightInflationHook under '
+                         f'default_hooks.weight_inflation, found {hook!r}')
+    hook.checkpoint = image_ckpt
+    hook.method = init
 
 
 def set_schedule(cfg, epochs: int, iters_per_epoch: int, warmup_fraction: float) -> int:
