@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import WriteFilePayload
 from mmengine.logging.history_buffer import HistoryBuffer
 
 import mmvit_plugin  # noqa: F401  (registers the mmengine globals)
@@ -29,16 +30,6 @@ from mmvit_plugin.checkpoint.safe_load import (
     unsafe_globals_in_file,
 )
 from mmvit_plugin.models.mvitv2 import MViTv2
-
-
-class WriteFilePayload:
-    """Unpickling this object writes a file: stands for arbitrary code in a checkpoint."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (exec, (f'open({self.target!r}, "w").write("pwned")',))
 
 
 class ReachForBuiltins:

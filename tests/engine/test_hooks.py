@@ -10,6 +10,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from helpers import WriteFilePayload
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
@@ -183,15 +184,6 @@ def test_load_from_2d_into_3d_is_refused_and_names_the_inflation_hook(tmp_path):
     # WeightInflationHook is the one way to inflate: the format hook takes no method
     with pytest.raises(TypeError):
         hooks.CheckpointFormatHook(inflate='center')
-
-
-class WriteFilePayload:
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (exec, (f'open({self.target!r}, "w").write("pwned")',))
 
 
 @pytest.mark.parametrize('resume', [False, True], ids=['load_from', 'resume'])

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import WriteFilePayload
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -57,16 +58,6 @@ custom_hooks = [dict(type='CheckpointFormatHook')]
 log_level = 'WARNING'
 randomness = dict(seed=0)
 '''
-
-
-class WriteFilePayload:
-    """Unpickling this object writes a file: stands for arbitrary code in a checkpoint."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (exec, (f'open({self.target!r}, "w").write("pwned")',))
 
 
 @pytest.fixture(autouse=True)
