@@ -97,3 +97,57 @@ def write_payload_checkpoint(path, marker, checkpoint: Optional[dict] = None,
     else:
         checkpoint[where] = payload
     torch.save(checkpoint, path)
+
+
+TINY_IMAGE_RUN_CONFIG = '''
+default_scope = 'mmpretrain'
+custom_imports = dict(imports=['mmvit_plugin'], allow_failed_imports=False)
+model = dict(
+    type='ImageClassifier',
+    backbone=dict(type='MViTv2', out_type='avg_featmap',
+                  arch=dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3),
+                            img_size=(32, 32))),
+    neck=None,
+    head=dict(type='LinearClsHead', num_classes=2, in_channels=64, topk=(1,),
+              loss=dict(type='CrossEntropyLoss')),
+    data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3))
+_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(32, 32)),
+             dict(type='PackInputs')]
+_loader = dict(batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+               dataset=dict(type='CustomDataset', data_root={root!r}, pipeline=_pipeline))
+train_dataloader = _loader
+test_dataloader = _loader
+test_evaluator = dict(type='Accuracy', topk=(1,))
+test_cfg = dict()
+train_cfg = dict(by_epoch=True, max_epochs={max_epochs})
+optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.01))
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=True)]
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
+                     logger=dict(type='LoggerHook', interval=1))
+custom_hooks = [dict(type='CheckpointFormatHook')]
+log_level = {log_level!r}
+randomness = dict(seed=0)
+experiment_name = {name!r}  # not the timestamp: runners made within one second share a scope
+'''
+
+
+def write_tiny_image_run(folder, max_epochs: int = 1, log_level: str = 'WARNING') -> str:
+    """Two classes of two random 32x32 PNGs under ``folder/images`` and an mmpretrain config
+    (8-wide four-block MViTv2, SGD, checkpoint every epoch) training on them; returns the
+    config's path."""
+    import uuid
+
+    import cv2
+    import numpy as np
+    folder = Path(folder)
+    rng = np.random.default_rng(0)
+    for label in ('a', 'b'):
+        (folder / 'images' / label).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            cv2.imwrite(str(folder / 'images' / label / f'{i}.png'),
+                        rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    path = folder / 'tiny_image_run.py'
+    path.write_text(TINY_IMAGE_RUN_CONFIG.format(
+        root=str(folder / 'images'), max_epochs=max_epochs, log_level=log_level,
+        name=f'tiny_run_{uuid.uuid4().hex}'))
+    return str(path)

@@ -21,7 +21,7 @@ import tempfile
 from typing import Dict, List, Optional
 
 import torch
-from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.config import Config, ConfigDict
 from mmengine.dist import get_rank
 from mmengine.fileio import dump, load
 from mmengine.registry import RUNNERS
@@ -50,18 +50,8 @@ def parse_args() -> argparse.Namespace:
                         'for image configs the average over the image and its horizontal flip')
     parser.add_argument('--amp', action='store_true',
                         help='mixed-precision inference (bfloat16 on the CPU)')
-    parser.add_argument('--verbose', action='store_true',
-                        help='print the full config and every setting on the console '
-                        '(always in the log file)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config entries, e.g. '
-                        'test_dataloader.dataset.data_root=/data/x')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none')
-    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    launch.add_runner_arguments(parser, 'test_dataloader.dataset.data_root=/data/x')
+    args = launch.parse_runner_arguments(parser)
     if args.out and osp.splitext(args.out)[1] not in OUT_FORMATS:
         parser.error(f'--out {args.out}: the file name must end with one of {OUT_FORMATS}')
     if args.out_item and not args.out:
@@ -197,13 +187,7 @@ def format_metrics(metrics: Dict[str, float]) -> str:
 def main() -> None:
     args = parse_args()
     console.quiet_console(verbose=args.verbose)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
-    elif not cfg.get('work_dir'):
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = launch.load_config(args.config, args.cfg_options, args.work_dir)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     if args.tta:

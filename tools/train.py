@@ -8,11 +8,9 @@ Multi-process: tools/dist_train.sh CONFIG NPROC (torchrun). Without a GPU the pr
 on the CPU over gloo.
 """
 import argparse
-import os
-import os.path as osp
 import time
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
@@ -41,31 +39,13 @@ def parse_args() -> argparse.Namespace:
                         'randomness.seed)')
     parser.add_argument('--deterministic', action='store_true',
                         help='deterministic cuDNN/torch algorithms (slower on a GPU)')
-    parser.add_argument('--verbose', action='store_true',
-                        help='print the full config, hook order and per-parameter optimizer '
-                        'settings on the console (always in the log file)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config entries, e.g. '
-                        'train_dataloader.dataset.data_root=/data/x train_cfg.max_epochs=5')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none',
-                        help='job launcher (set by dist_train.sh / slurm_train.sh)')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead.
-    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    launch.add_runner_arguments(
+        parser, 'train_dataloader.dataset.data_root=/data/x train_cfg.max_epochs=5')
+    return launch.parse_runner_arguments(parser)
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir:
-        cfg.work_dir = args.work_dir
-    elif not cfg.get('work_dir'):
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = launch.load_config(args.config, args.cfg_options, args.work_dir)
     if args.seed is not None or args.deterministic:
         randomness = dict(cfg.get('randomness') or {})
         if args.seed is not None:

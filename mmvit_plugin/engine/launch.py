@@ -8,6 +8,7 @@
 - ``AmpOptimWrapper`` asserts a GPU: ``--amp`` on the CPU switches to
   ``CPUAutocastOptimWrapper`` (bfloat16 autocast, see ``optim``).
 """
+import argparse
 import datetime
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.optim import OptimWrapper
 
 DATALOADER_FIELDS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -195,3 +196,43 @@ def apply_amp(cfg: Config) -> str:
     optim_wrapper.type = 'CPUAutocastOptimWrapper'
     optim_wrapper.pop('loss_scale', None)
     return 'mixed precision: bfloat16 autocast on the CPU (no loss scaling needed)'
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line arguments every runner tool shares
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser, cfg_options_example: str) -> None:
+    """``--verbose``, ``--cfg-options``, ``--launcher`` and the hidden ``--local-rank``."""
+    parser.add_argument('--verbose', action='store_true',
+                        help='print the full config, hook order and per-parameter optimizer '
+                        'settings on the console (always in the log file)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help=f'override config entries, e.g. {cfg_options_example}')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none',
+                        help='job launcher (set by dist_*.sh / slurm_*.sh)')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead.
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+
+
+def parse_runner_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse, and export ``--local-rank`` as ``LOCAL_RANK`` unless the launcher set it."""
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_config(path: str, cfg_options: Optional[dict], work_dir: Optional[str]) -> Config:
+    """``path`` with ``--cfg-options`` merged and the work dir set (default:
+    ``./work_dirs/<config name>``)."""
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir:
+        cfg.work_dir = work_dir
+    elif not cfg.get('work_dir'):
+        cfg.work_dir = os.path.join('./work_dirs',
+                                    os.path.splitext(os.path.basename(path))[0])
+    return cfg

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from helpers import WriteFilePayload
+from helpers import WriteFilePayload, write_tiny_image_run
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
@@ -206,32 +206,6 @@ def test_crafted_file_never_runs_through_the_runner(tmp_path, resume, with_hook)
     assert not marker.exists()
 
 
-TRAIN_CONFIG = '''
-default_scope = 'mmpretrain'
-custom_imports = dict(imports=['mmvit_plugin'], allow_failed_imports=False)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='MViTv2', out_type='avg_featmap',
-                  arch=dict(embed_dim=16, depth=4, num_heads=1, stage_starts=(1, 2, 3),
-                            img_size=(32, 32))),
-    neck=None,
-    head=dict(type='LinearClsHead', num_classes=2, in_channels=128,
-              loss=dict(type='CrossEntropyLoss')),
-    data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3))
-train_dataloader = dict(
-    batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type='CustomDataset', data_root={root!r},
-                 pipeline=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(32, 32)),
-                           dict(type='PackInputs')]))
-train_cfg = dict(by_epoch=True, max_epochs=2)
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3))
-param_scheduler = [dict(type='CosineAnnealingLR', T_max=2, by_epoch=True)]
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
-                     logger=dict(type='LoggerHook', interval=1))
-custom_hooks = [dict(type='CheckpointFormatHook')]
-randomness = dict(seed=0)
-experiment_name = {name!r}  # not the timestamp: see make_runner
-'''
 
 
 def test_train_tool_resume_works_with_weights_only_loading(tmp_path, monkeypatch):
@@ -240,16 +214,7 @@ def test_train_tool_resume_works_with_weights_only_loading(tmp_path, monkeypatch
     import runpy
     import sys
 
-    import numpy as np
-    from PIL import Image
-    root = tmp_path / 'images'
-    for label in ('a', 'b'):
-        (root / label).mkdir(parents=True)
-        for i in range(2):
-            pixels = np.random.RandomState(i).randint(0, 255, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / label / f'{i}.png')
-    config = tmp_path / 'tiny_config.py'
-    config.write_text(TRAIN_CONFIG.format(root=str(root), name=f'train_tool_{uuid.uuid4().hex}'))
+    config = write_tiny_image_run(tmp_path, max_epochs=2, log_level='INFO')
     work_dir = tmp_path / 'work'
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     train_tool = os.path.join(repo, 'tools', 'train.py')

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import WriteFilePayload
+from helpers import WriteFilePayload, write_tiny_image_run
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -29,35 +29,6 @@ FORMAT_IDS = ['zip', 'legacy']
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
-CONFIG = '''
-default_scope = 'mmpretrain'
-custom_imports = dict(imports=['mmvit_plugin'], allow_failed_imports=False)
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(type='MViTv2', out_type='avg_featmap',
-                  arch=dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3),
-                            img_size=(32, 32))),
-    neck=None,
-    head=dict(type='LinearClsHead', num_classes=2, in_channels=64, topk=(1,),
-              loss=dict(type='CrossEntropyLoss')),
-    data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3))
-_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(32, 32)),
-             dict(type='PackInputs')]
-_loader = dict(batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-               dataset=dict(type='CustomDataset', data_root={root!r}, pipeline=_pipeline))
-train_dataloader = _loader
-test_dataloader = _loader
-test_evaluator = dict(type='Accuracy', topk=(1,))
-test_cfg = dict()
-train_cfg = dict(by_epoch=True, max_epochs=1)
-optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.01))
-param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=True)]
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1),
-                     logger=dict(type='LoggerHook', interval=1))
-custom_hooks = [dict(type='CheckpointFormatHook')]
-log_level = 'WARNING'
-randomness = dict(seed=0)
-'''
 
 
 @pytest.fixture(autouse=True)
@@ -69,16 +40,7 @@ def force_no_weights_only(monkeypatch):
 
 @pytest.fixture(scope='module')
 def config(tmp_path_factory) -> str:
-    base = tmp_path_factory.mktemp('safe_paths')
-    rng = np.random.default_rng(0)
-    for label in ('a', 'b'):
-        os.makedirs(base / 'images' / label)
-        for i in range(2):
-            cv2.imwrite(str(base / 'images' / label / f'{i}.png'),
-                        rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    path = base / 'tiny.py'
-    path.write_text(CONFIG.format(root=str(base / 'images')))
-    return str(path)
+    return write_tiny_image_run(tmp_path_factory.mktemp('safe_paths'))
 
 
 def make_runner(config: str, work_dir, **overrides) -> Runner:
