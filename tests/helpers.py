@@ -151,3 +151,25 @@ def write_tiny_image_run(folder, max_epochs: int = 1, log_level: str = 'WARNING'
         root=str(folder / 'images'), max_epochs=max_epochs, log_level=log_level,
         name=f'tiny_run_{uuid.uuid4().hex}'))
     return str(path)
+
+
+def write_fake_fashion_mnist(root, counts=(('train', 40), ('t10k', 20)), seed: int = 0) -> str:
+    """Fashion-MNIST look-alike IDX files (random 28x28 images, labels cycling 0..9) in the
+    official ``<prefix>-{images-idx3,labels-idx1}-ubyte.gz`` names under ``root``."""
+    import gzip
+
+    import numpy as np
+
+    def write_idx(path: Path, array: np.ndarray) -> None:
+        header = bytes([0, 0, 0x08, array.ndim]) + b''.join(
+            int(n).to_bytes(4, 'big') for n in array.shape)
+        with gzip.open(path, 'wb') as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, count in counts:
+        write_idx(root / f'{prefix}-images-idx3-ubyte.gz', rng.integers(0, 256, (count, 28, 28)))
+        write_idx(root / f'{prefix}-labels-idx1-ubyte.gz', np.arange(count) % 10)
+    return str(root)

@@ -5,8 +5,6 @@ backbone is swapped for a tiny one, the dataset root for clips made in tmp_path 
 training run, the spatial sizes shrunk so that a CPU step takes a moment.
 """
 import copy
-import gzip
-import importlib.util
 import os
 import os.path as osp
 
@@ -14,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import load_tool, write_fake_fashion_mnist
 from mmaction.datasets.repeat_aug_dataset import repeat_pseudo_collate
 from mmengine.config import Config
 from mmengine.dataset import Compose
@@ -30,13 +29,7 @@ TINY_ARCH = dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3), vide
                  with_cls_token=True, drop_path_rate=0.1)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_intra_op_thread():
-    """Tiny models run far faster on one thread when the two cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def write_video(path: str, num_frames: int = 20, size=(80, 60), seed: int = 0) -> str:
@@ -142,21 +135,6 @@ def test_quickstart_video_is_the_image_quickstart_made_3d():
         load('quickstart_image.py').model.head.in_channels
 
 
-def _load_prepare_tool():
-    spec = importlib.util.spec_from_file_location(
-        'prepare_video_task', osp.join(REPO, 'tools', 'data', 'prepare_video_task.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _write_idx(path: str, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b''.join(
-        int(n).to_bytes(4, 'big') for n in array.shape)
-    with gzip.open(path, 'wb') as f:  # the official names end in .gz
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 class _CaptureWeights(Hook):
     """Copies the model's weights when training starts (after the inflation hook)."""
     priority = 'LOW'
@@ -167,16 +145,10 @@ class _CaptureWeights(Hook):
 
 def test_quickstart_inflated_starts_from_the_image_weights(tmp_path):
     # a tiny Fashion-MNIST look-alike in IDX files, turned into the moving-item task
-    src = tmp_path / 'fmnist'
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, count in (('train', 40), ('t10k', 20)):
-        _write_idx(str(src / f'{prefix}-images-idx3-ubyte.gz'),
-                   rng.integers(0, 256, (count, 28, 28)))
-        _write_idx(str(src / f'{prefix}-labels-idx1-ubyte.gz'), np.arange(count) % 10)
-    prepare = _load_prepare_tool()
+    src = write_fake_fashion_mnist(tmp_path / 'fmnist')
+    prepare = load_tool('tools/data/prepare_video_task.py')
     data_root = str(tmp_path / 'moving')
-    summary = prepare.build(str(src), data_root, dict(train=20, val=10, test=10),
+    summary = prepare.build(src, data_root, dict(train=20, val=10, test=10),
                             num_frames=16, cell=32, seed=0, force=False)
     assert summary['counts'] == dict(train=20, val=10, test=10)
 

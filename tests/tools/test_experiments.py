@@ -6,7 +6,6 @@ a few dozen samples for one epoch. The motion task is checked for what it promis
 and its reversal hold the same frames and opposite labels, so one frame cannot tell the label.
 """
 import csv
-import importlib.util
 import json
 import os.path as osp
 from collections import Counter
@@ -15,36 +14,18 @@ import cv2  # noqa: F401  (before decord: decord's bundled zlib 1.2.3 breaks cv2
 import decord
 import numpy as np
 import pytest
+from helpers import load_tool, write_fake_fashion_mnist
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 
-def _load(name: str, *parts: str):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO, *parts))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-inflation = _load('inflation_tool', 'tools', 'experiments', 'inflation.py')
-motion_task = _load('motion_task_tool', 'tools', 'experiments', 'motion_task.py')
-# the IDX writer of the video-config tests (one copy of it)
-_write_idx = _load('video_config_tests', 'tests', 'configs', 'test_video_configs.py')._write_idx
-
-
-def _fake_fashion_mnist(root) -> str:
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, count in (('train', 60), ('t10k', 30)):
-        _write_idx(str(root / f'{prefix}-images-idx3-ubyte.gz'),
-                   rng.integers(0, 256, (count, 28, 28)))
-        _write_idx(str(root / f'{prefix}-labels-idx1-ubyte.gz'), np.arange(count) % 10)
-    return str(root)
+inflation = load_tool('tools/experiments/inflation.py')
+motion_task = load_tool('tools/experiments/motion_task.py')
 
 
 def test_inflation_experiment_end_to_end(tmp_path):
-    src = _fake_fashion_mnist(tmp_path / 'fmnist')
+    src = write_fake_fashion_mnist(tmp_path / 'fmnist', (('train', 60), ('t10k', 30)))
     out = tmp_path / 'out'
     argv = ['--out', str(out), '--data-dir', str(tmp_path / 'data'), '--fashion-src', src,
             '--inits', 'scratch', 'average', '--seeds', '0', '--fractions', '1.0', '0.5',

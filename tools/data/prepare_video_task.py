@@ -61,12 +61,13 @@ def render_clip(moving: np.ndarray, still: np.ndarray, moving_left: bool,
     return frames
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 10) -> None:
-    """Write grey (T, H, W) frames as an MPEG-4 video that decord reads."""
+def write_video(path: str, frames: np.ndarray, fps: int = 10, codec: str = 'mp4v') -> None:
+    """Write grey (T, H, W) frames as a video that decord reads (``codec``: an OpenCV FourCC,
+    mp4v for .mp4, MJPG for an intra-only .avi)."""
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
-        raise OSError(f'OpenCV cannot write {path} with the mp4v codec')
+        raise OSError(f'OpenCV cannot write {path} with the {codec} codec')
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
     writer.release()

