@@ -1,5 +1,6 @@
 # MViTv2-L on ImageNet-1k: the model of the official configs/test/MVITv2_L_test.yaml (no L
-# training config was published) with the recipe shared by the official T/S/B configs: 300 epochs, total batch 2048 (8 processes x 256), AdamW lr 2e-3,
+# training config was published) with the recipe shared by the official T/S/B configs:
+# 300 epochs, total batch 2048 (8 processes x 256), AdamW lr 2e-3,
 # wd 0.05, warmup 70 epochs, Mixup 0.8 / CutMix 1.0 (switch 0.5), label smoothing 0.1,
 # RandAugment, RandomErasing 0.25, drop path 0.5. Also the test config of the official
 # checkpoint (converted with tools/convert_checkpoint.py): resize 256, center crop 224.

@@ -8,7 +8,8 @@
 # center 61.6/74.8/76.4 and 64.0/76.8/78.6, scratch 65.6/75.0/77.4 and 57.0/72.0/77.6).
 # Centre inflation shows each token one frame, so the embedding starts blind to motion.
 #   python tools/train.py configs/quickstart_video_inflated.py \
-#       --cfg-options "default_hooks.weight_inflation.checkpoint=work_dirs/quickstart_image/epoch_4.pth"
+#       --cfg-options \
+#       "default_hooks.weight_inflation.checkpoint=work_dirs/quickstart_image/epoch_4.pth"
 _base_ = ['./quickstart_video.py']
 
 default_hooks = dict(

@@ -1211,7 +1211,8 @@ def section_tools(sec: Section, args) -> None:
     data = osp.join(work, 'fashion_mnist')
     val_size = '5000'
     if args.dry_run:
-        src = fashion_subset(src, osp.join(work, 'fashion_subset'), {'train': 80, 'test': 10})  # every class in train
+        # every class in train
+        src = fashion_subset(src, osp.join(work, 'fashion_subset'), {'train': 80, 'test': 10})
         val_size = '10'
     rc, text, secs = run_logged([sys.executable, 'tools/data/prepare_fashion_mnist.py',
                                  '--src', src, '--out', data, '--val-size', val_size],

@@ -112,7 +112,8 @@ def test_unused_cls_token_is_dropped_and_missing_one_is_new():
     fitted, report = fit_state_dict(state, plain.state_dict())
     assert 'cls_token' not in fitted and report.keys_with('dropped') == ['cls_token']
     with pytest.raises(ArchitectureMismatchError, match='cls_token'):
-        fit_state_dict(plain.state_dict(), with_cls.state_dict(), EXACT)  # strict: must be in the file
+        # strict: the cls token must be in the file
+        fit_state_dict(plain.state_dict(), with_cls.state_dict(), EXACT)
     fitted, report = fit_state_dict(plain.state_dict(), with_cls.state_dict(), FINE_TUNING)
     assert report.keys_with('newly initialised') == ['cls_token']
 

@@ -88,7 +88,8 @@ def make_runner(tmp_path, video: bool, hooks=(), epochs: int = 1, **kwargs) -> R
         train_cfg=dict(by_epoch=True, max_epochs=epochs),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
         param_scheduler=[dict(type='ConstantLR', factor=1.0, by_epoch=True)],
-        default_hooks=default_hooks, custom_hooks=list(hooks), log_level='WARNING', randomness=dict(seed=0),
+        default_hooks=default_hooks, custom_hooks=list(hooks), log_level='WARNING',
+        randomness=dict(seed=0),
         # a unique name: runners made within one second otherwise share mmengine's
         # DefaultScope instance, and with it the other host's registry
         experiment_name=f'hooks_{next(RUNNER_IDS)}_{uuid.uuid4().hex[:8]}', **kwargs)

@@ -82,7 +82,8 @@ def test_finetune_config_has_pretrained_backbone_layer_decay_and_short_schedule(
     assert cfg.optim_wrapper.constructor == 'MViTv2LayerDecayOptimWrapperConstructor'
     assert 0 < cfg.optim_wrapper.paramwise_cfg.layer_decay_rate < 1
     assert cfg.train_cfg.max_epochs < 300
-    assert cfg.optim_wrapper.optimizer.lr < _config('mvitv2_b_imagenet.py').optim_wrapper.optimizer.lr
+    base_lr = _config('mvitv2_b_imagenet.py').optim_wrapper.optimizer.lr
+    assert cfg.optim_wrapper.optimizer.lr < base_lr
 
 
 def test_lazy_config_builds_the_same_tiny_classifier_as_the_dict_config():

@@ -223,7 +223,8 @@ def test_format_metrics_prints_both_hosts_accuracies_as_percentages():
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.format_metrics({'accuracy/top1': 91.234}).startswith('top-1: 91.23%')
-    assert tool.format_metrics({'acc/top1': 0.795, 'acc/top5': 1.0}) == 'top-1: 79.50%  top-5: 100.00%'
+    assert tool.format_metrics({'acc/top1': 0.795, 'acc/top5': 1.0}) == \
+        'top-1: 79.50%  top-5: 100.00%'
 
 
 def _test_tool():

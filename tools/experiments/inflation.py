@@ -1,4 +1,4 @@
-"""Does 2D->3D initialisation help? The video quickstart trained from scratch and from image weights.
+"""Does 2D->3D initialisation help? The video quickstart trained from scratch and inflated.
 
     python tools/experiments/inflation.py [--out work_dirs/experiments/inflation]
         [--inits scratch center average] [--seeds 0 1 2] [--fractions 1.0 0.2 0.05]
@@ -103,7 +103,8 @@ def set_schedule(cfg, epochs: int, iters_per_epoch: int, warmup_fraction: float)
 
 
 def stratified_subset(labels: Sequence[int], fraction: float, seed: int) -> List[int]:
-    """Sorted indices of ``fraction`` of each class (at least one per class), drawn with ``seed``."""
+    """Sorted indices of ``fraction`` of each class (at least one per class), drawn with
+    ``seed``."""
     labels = np.asarray(labels)
     if fraction >= 1.0:
         return list(range(len(labels)))
