@@ -1,7 +1,7 @@
 """Kill-and-resume trials for the quickstarts: SIGKILL, ``--resume``, compare with a clean run.
 
     python tools/fault_injection.py [--image-trials 5] [--video-trials 5] [--seed 0]
-        [--epochs 3] [--work-dir DIR] [--keep]
+        [--epochs 3] [--fork] [--work-dir DIR] [--keep]
 
 For each quickstart config (configs/quickstart_image.py, configs/quickstart_video.py) the tool
 trains once without interruption (the reference), then runs trials: each starts the same
@@ -13,6 +13,10 @@ compares every tensor of the final checkpoint (weights, optimizer state) with th
   fraction (0-100 %) of the file's bytes are written: the moment a non-atomic save loses the run
   with ``max_keep_ckpts=1``;
 - ``time``: at a random moment of the reference run's duration (start-up included).
+
+Every run is ``tools/train.py`` in its own process: a fresh interpreter, or with ``--fork`` a
+forked copy of this one (the same code path without the interpreter start-up and imports, which
+dominate a tiny run on a busy machine).
 
 Reduced so that a trial takes seconds on a CPU, which the printed header repeats: the configs'
 own pipelines, optimiser, schedule, hooks, dataloader workers (the video one persistent) and
@@ -56,6 +60,7 @@ TINY_ARCH = dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3), drop
 KILL_ITER_ENV = 'MMVIT_FI_KILL_ITER'
 KILL_SAVE_ENV = 'MMVIT_FI_KILL_SAVE'
 KILL_FRACTION_ENV = 'MMVIT_FI_KILL_FRACTION'
+SAVE_LINE = '[fault_injection] checkpoint file'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,25 +74,26 @@ class FaultInjectionHook(Hook):
 
     def before_run(self, runner) -> None:
         self.kill_iter = int(os.environ.get(KILL_ITER_ENV, 0))
-        kill_save = int(os.environ.get(KILL_SAVE_ENV, 0))
-        if kill_save:
-            _kill_during_save(kill_save, float(os.environ.get(KILL_FRACTION_ENV, 0.5)))
+        _watch_saves(int(os.environ.get(KILL_SAVE_ENV, 0)),
+                     float(os.environ.get(KILL_FRACTION_ENV, 0.5)))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         if self.kill_iter and runner.iter + 1 == self.kill_iter:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _kill_during_save(call: int, fraction: float) -> None:
-    """Make the ``call``-th checkpoint file written end after ``fraction`` of its bytes."""
+def _watch_saves(kill_at: int, fraction: float) -> None:
+    """Print a line for every checkpoint file written (``SAVE_LINE``); make the
+    ``kill_at``-th one (0: none) end after ``fraction`` of its bytes and SIGKILL the process."""
     from mmengine.runner import runner as runner_module
     real = runner_module.save_checkpoint
     calls = []
 
     def save(checkpoint, filename, *args, **kwargs):
         calls.append(filename)
+        print(f'{SAVE_LINE} #{len(calls)}: {osp.basename(str(filename))}', flush=True)
         real(checkpoint, filename, *args, **kwargs)
-        if len(calls) == call:
+        if len(calls) == kill_at:
             with open(filename, 'rb') as f:
                 data = f.read()
             with open(filename, 'wb') as f:
@@ -420,23 +426,23 @@ class Trial:
 
 def run_trial(kind: str, config: str, work_dir: str, reference: dict, epochs: int,
               mode: str, rng: random.Random, reference_seconds: float,
-              saves: int) -> Trial:
+              saves: int, fork: bool = False) -> Trial:
     """One kill (``mode`` 'save' or 'time'), one resume, one comparison."""
     if mode == 'save':
         call, fraction = rng.randint(1, max(1, saves)), rng.random()
         env = {KILL_SAVE_ENV: str(call), KILL_FRACTION_ENV: f'{fraction:.3f}'}
-        detail = f'save #{call} at {100 * fraction:.0f}% written'
+        detail = f'checkpoint file #{call} at {100 * fraction:.0f}% written'
         kill_after = None
     else:
         kill_after = rng.uniform(0.15, 1.0) * reference_seconds
         env, detail = {}, f'after {kill_after:.1f} s'
     trial = Trial(kind, mode, detail)
-    first = train(config, work_dir, env=env, kill_after=kill_after)
+    first = train(config, work_dir, env=env, kill_after=kill_after, fork=fork)
     trial.killed = first.killed
     if not first.killed and first.returncode != 0:
         trial.error = f'the run to kill failed (rc {first.returncode}): {first.output[-800:]}'
         return trial
-    second = train(config, work_dir, resume=True)
+    second = train(config, work_dir, resume=True, fork=fork)
     trial.resumed_from = resumed_from(second.output)
     final = final_checkpoint(work_dir, epochs)
     if second.returncode != 0 or not osp.isfile(final):
@@ -449,28 +455,28 @@ def run_trial(kind: str, config: str, work_dir: str, reference: dict, epochs: in
 
 
 def count_saves(output: str) -> int:
-    """Checkpoint saves in a run's console output (mmengine logs each one)."""
-    return len(re.findall(r'Saving checkpoint at|best checkpoint .* is saved', output))
+    """Checkpoint files a run wrote (``FaultInjectionHook`` prints a line for each)."""
+    return output.count(SAVE_LINE)
 
 
 def run_kind(kind: str, trials: int, root: str, epochs: int, rng: random.Random,
-             log=print) -> List[Trial]:
+             log=print, fork: bool = False) -> List[Trial]:
     data = osp.join(root, kind, 'data')
     (make_image_data if kind == 'image' else make_video_data)(data)
     config = write_config(kind, data, osp.join(root, kind), epochs)
-    reference_run = train(config, osp.join(root, kind, 'reference'))
+    reference_run = train(config, osp.join(root, kind, 'reference'), fork=fork)
     if reference_run.returncode != 0:
         raise RuntimeError(f'{kind} reference run failed (rc {reference_run.returncode}):\n'
                            f'{reference_run.output[-3000:]}')
     reference = load_checkpoint(final_checkpoint(osp.join(root, kind, 'reference'), epochs))
-    saves = max(epochs, count_saves(reference_run.output))
+    saves = count_saves(reference_run.output)
     log(f'{kind}: reference run {reference_run.seconds:.1f} s, {saves} checkpoint saves')
     results = []
     for index in range(trials):
         mode = 'save' if index % 2 == 0 else 'time'
         work_dir = osp.join(root, kind, f'trial_{index}')
         trial = run_trial(kind, config, work_dir, reference, epochs, mode, rng,
-                          reference_run.seconds, saves)
+                          reference_run.seconds, saves, fork)
         results.append(trial)
         log(describe_trial(index, trial))
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -518,6 +524,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--video-trials', type=int, default=5)
     parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--seed', type=int, default=0, help='seed of the kill moments')
+    parser.add_argument('--fork', action='store_true', help='start each run by forking this '
+                        'process instead of a new interpreter (Linux; much faster)')
     parser.add_argument('--work-dir', help='folder for data and runs (default: a temporary '
                         'folder, removed at the end)')
     parser.add_argument('--keep', action='store_true', help='keep the work dir')
@@ -529,7 +537,8 @@ def main(argv=None) -> int:
     root = args.work_dir or tempfile.mkdtemp(prefix='mmvit_fault_')
     rng = random.Random(args.seed)
     print('Reduced quickstarts: 4-block MViTv2 width 8, 2 classes, '
-          f'{args.epochs} epochs, 32 train images / 8 train clips, max_keep_ckpts=1', flush=True)
+          f'{args.epochs} epochs, 32 train images / 8 train clips, max_keep_ckpts=1; runs '
+          f'{"forked" if args.fork else "in new interpreters"}', flush=True)
     print(machine_line(), flush=True)
     start = time.time()
     results: Dict[str, List[Trial]] = {}
@@ -537,7 +546,8 @@ def main(argv=None) -> int:
         for kind, trials in (('image', args.image_trials), ('video', args.video_trials)):
             if trials > 0:
                 results[kind] = run_kind(kind, trials, root, args.epochs, rng,
-                                         log=lambda text: print(text, flush=True))
+                                         log=lambda text: print(text, flush=True),
+                                         fork=args.fork)
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(root, ignore_errors=True)
