@@ -439,6 +439,9 @@ def run_trial(kind: str, config: str, work_dir: str, reference: dict, epochs: in
     trial = Trial(kind, mode, detail)
     first = train(config, work_dir, env=env, kill_after=kill_after, fork=fork)
     trial.killed = first.killed
+    if mode == 'save' and first.killed and SAVE_LINE in first.output:
+        trial.detail += ', ' + first.output.rsplit(SAVE_LINE, 1)[1].split(': ', 1)[-1].split(
+            '\n', 1)[0]
     if not first.killed and first.returncode != 0:
         trial.error = f'the run to kill failed (rc {first.returncode}): {first.output[-800:]}'
         return trial
