@@ -25,6 +25,8 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 
 WIPED = 40_000
 CLIP_LEN, FRAME_INTERVAL = 4, 2
+TINY_VIDEO = dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3), video=True,
+                  img_size=(CLIP_LEN, 32, 32))
 
 
 def wipe_middle(source: str, target: str) -> str:
@@ -120,9 +122,7 @@ def test_evaluation_leaves_the_clip_out_counts_it_and_runs_to_the_end(folders, t
     counter = CountEvaluatedHook()
     runner = Runner(
         model=dict(type='Recognizer3D',
-                   backbone=dict(type='MViTv2', out_type='featmap',
-                                 arch=dict(embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3),
-                                           video=True, img_size=(CLIP_LEN, 32, 32))),
+                   backbone=dict(type='MViTv2', out_type='featmap', arch=TINY_VIDEO),
                    cls_head=dict(type='MViTHead', in_channels=64, num_classes=2,
                                  with_cls_token=False, average_clips='prob'),
                    data_preprocessor=dict(type='ActionDataPreprocessor', mean=[0.] * 3,

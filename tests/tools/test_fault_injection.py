@@ -34,7 +34,8 @@ def test_comparison_sees_one_changed_bit_and_a_missing_tensor():
     changed = fault.compare_checkpoints(checkpoint, other)
     assert changed.different == ['state_dict.a'] and 0 < changed.max_abs_diff < 1e-5
 
-    missing = fault.compare_checkpoints(checkpoint, dict(checkpoint, state_dict={'a': weights['a']}))
+    only_a = dict(checkpoint, state_dict={'a': weights['a']})
+    missing = fault.compare_checkpoints(checkpoint, only_a)
     assert missing.different == ['state_dict.b (missing on one side)']
     later = fault.compare_checkpoints(checkpoint, dict(checkpoint, meta=dict(epoch=2, iter=9)))
     assert later.different == ['meta.iter']
