@@ -15,13 +15,16 @@ Class folders are scanned by :mod:`.class_folders` (the same rules as images, li
 Every video is probed before training the way training reads it (decord from memory, in child
 processes, see :mod:`.video_probe`): by default an unreadable one stops the run with an error
 naming the file and the reason; ``skip_corrupt=True`` leaves such files out with a warning and a
-count instead.
+count instead. Evaluation splits (``test_mode``) also decode, up front, the very frames their
+pipeline will read, so a video that decodes at its start but breaks further in is refused or left
+out (and counted) before any evaluation starts, never replaced by another sample.
 """
 import copy
 import logging
 import os.path as osp
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from mmaction.datasets.base import BaseActionDataset
 from mmengine.fileio import list_from_file
 from mmengine.logging import print_log
@@ -29,6 +32,7 @@ from mmengine.registry import DefaultScope
 
 from ..registry import register_dataset
 from .class_folders import DatasetLayoutError, describe, scan_split, training_classes
+from .image_folder import _preserved_random_state as preserved_random_state
 from .video_probe import ProbeResult, probe_video, probe_videos
 
 VIDEO_EXTENSIONS: Tuple[str, ...] = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg',
@@ -123,12 +127,13 @@ class VideoFolderDataset(BaseActionDataset):
         class_split: Name of the split whose sorted class folders define the class indices.
         skip_corrupt: Leave out videos that cannot be read (with a warning, a count and the
             paths) instead of stopping with an error that lists them. In training, a video
-            that fails later is replaced by another sample (mmengine's refetch); in
-            evaluation (``test_mode``) it stops the run naming the file: evaluation never
-            substitutes a sample.
+            that fails later is replaced by another sample (mmengine's refetch). Evaluation
+            (``test_mode``) never substitutes a sample: its check decodes the frames the
+            pipeline reads, so a video broken further in is left out and counted up front.
         check_videos: Probe every video before training, from memory as mmaction2's
             ``DecordInit`` reads it, in child processes (a decoder crash is reported, not
-            fatal); turn off only for trusted datasets whose size makes the check too slow.
+            fatal): its first and last frames, and in evaluation the frames the pipeline
+            samples; turn off only for trusted datasets whose size makes the check too slow.
         check_workers: Child processes used for the check.
         check_timeout: Seconds one video may take to probe before it counts as unreadable.
         allow_mixed_sizes: By default a clip whose input shape differs from the clips before
@@ -248,23 +253,56 @@ class VideoFolderDataset(BaseActionDataset):
         return scan.samples
 
     def _drop_or_report_unreadable(self, samples: List[Tuple[str, object]]):
-        unreadable = find_unreadable_videos([path for path, _ in samples], self.check_workers,
-                                            self.check_timeout)
+        paths = [path for path, _ in samples]
+        results = probe_videos(paths, self.check_workers, self.check_timeout)
+        unreadable = {path: r.reason for path, r in results.items() if r.reason is not None}
+        if self.test_mode:
+            # Evaluation never substitutes a sample, so a video that breaks after its first
+            # frames must be found now: decode the very frames the pipeline will read.
+            frames = {path: self._evaluation_frames(r.num_frames)
+                      for path, r in results.items() if r.reason is None}
+            if frames:
+                later = probe_videos(list(frames), self.check_workers, self.check_timeout,
+                                     frames=frames)
+                unreadable.update({path: r.reason for path, r in later.items()
+                                   if r.reason is not None})
         if not unreadable:
             return samples
-        listing = describe(list(unreadable.items()))
+        listing = describe(sorted(unreadable.items()))
+        read_as = 'evaluation reads' if self.test_mode else 'training reads'
         if not self.skip_corrupt:
             raise VideoDatasetError(
-                f'{len(unreadable)} of {len(samples)} videos cannot be read as training reads '
+                f'{len(unreadable)} of {len(samples)} videos cannot be read as {read_as} '
                 f'them (decord, from memory):\n{listing}\nFix or remove them, or set '
                 'skip_corrupt=True in the dataset config to leave them out.')
         self.skipped_videos = dict(unreadable)
-        print_log(f'skipped {len(unreadable)} of {len(samples)} unreadable videos '
-                  f'(skip_corrupt=True):\n{listing}', logger='current', level=logging.WARNING)
         kept = [(path, label) for path, label in samples if path not in unreadable]
+        print_log(f'skipped {len(unreadable)} of {len(samples)} unreadable videos, left out '
+                  f'(skip_corrupt=True; read as {read_as} them); {len(kept)} remain:\n{listing}',
+                  logger='current', level=logging.WARNING)
         if not kept:
             raise VideoDatasetError('no readable video left after skipping unreadable ones')
         return kept
+
+    def _evaluation_frames(self, num_frames: int) -> Union[List[int], str]:
+        """The frame indices the pipeline decodes from a video of ``num_frames`` frames: the
+        sampling transforms between its ``...Init`` and ``...Decode`` steps run on the frame
+        count alone (deterministic in test mode); ``'all'`` when that cannot be worked out."""
+        transforms = list(getattr(self.pipeline, 'transforms', []))
+        names = [type(t).__name__ for t in transforms]
+        init = next((i for i, n in enumerate(names) if n.endswith('Init')), None)
+        decode = next((i for i, t in enumerate(transforms) if _is_decode_transform(t)), None)
+        if init is None or decode is None or decode < init:
+            return 'all'
+        results = dict(total_frames=num_frames, start_index=0, modality='RGB', filename='')
+        try:
+            with preserved_random_state():
+                for transform in transforms[init + 1:decode]:
+                    results = transform(results)
+            indices = results['frame_inds']
+        except Exception:  # a sampler that needs the decoder itself: decode everything
+            return 'all'
+        return sorted({int(i) for i in np.asarray(indices).reshape(-1)})
 
     def prepare_data(self, idx: int):
         """Run the pipeline (``num_repeats`` times after one decode); errors name the video."""
@@ -282,9 +320,10 @@ class VideoFolderDataset(BaseActionDataset):
                           logger='current', level=logging.WARNING)
                 return None  # training: BaseDataset fetches another sample
             hint = ''
-            if self.skip_corrupt and self.test_mode:
-                hint = (' (skip_corrupt does not substitute samples in evaluation: remove or '
-                        'repair the file)')
+            if self.test_mode:
+                hint = (' (skip_corrupt does not substitute samples in evaluation; the '
+                        'up-front check, check_videos=True, finds such a video before '
+                        'evaluation starts, and skip_corrupt=True then leaves it out)')
             raise VideoDatasetError(f'while loading video {filename!r}: '
                                     f'{type(err).__name__}: {err}{hint}') from err
         if result is not None and not self.allow_mixed_sizes:

@@ -20,12 +20,14 @@ import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 # Written to the child's stderr before each probe, so that the parent can cut out the decoder's
 # messages about one file.
 _MARK = '@@mmvit-probe@@'
 _LOG_LINES_KEPT = 3
+# Frames decoded per batch when checking many frames (memory stays small).
+_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class ProbeResult:
     width: int = 0
 
 
-def probe_in_this_process(path: str) -> dict:
-    """Open ``path`` from memory with decord and decode its first and last frames in one batch.
+def probe_in_this_process(path: str, frames: Optional[Union[Sequence[int], str]] = None) -> dict:
+    """Open ``path`` from memory with decord and decode its first and last frames in one batch;
+    with ``frames`` (indices, or ``'all'``), decode those too, in chunks of ``_CHUNK``.
 
     May crash the calling process on a damaged file: call it only in a child.
     """
@@ -54,11 +57,24 @@ def probe_in_this_process(path: str) -> dict:
         if num_frames <= 0:
             return dict(reason='decord found no frames')
         # get_batch as DecordDecode's default mode; the last frame shows a file cut short.
-        frames = reader.get_batch(sorted({0, num_frames - 1})).asnumpy()
+        shape = reader.get_batch(sorted({0, num_frames - 1})).asnumpy().shape
     except Exception as err:  # decord raises DECORDError or RuntimeError; OSError for files
         return dict(reason=f'{type(err).__name__}: {_clean(str(err))}')
-    return dict(reason=None, num_frames=num_frames, height=int(frames.shape[1]),
-                width=int(frames.shape[2]))
+    answer = dict(reason=None, num_frames=num_frames, height=int(shape[1]), width=int(shape[2]))
+    if frames is not None:
+        wanted = range(num_frames) if frames == 'all' else sorted(
+            {int(i) % num_frames for i in frames})
+        wanted = list(wanted)
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            try:
+                reader.get_batch(chunk).asnumpy()
+            except Exception as err:
+                answer['reason'] = (f'opens and decodes at its start and end, but decoding '
+                                    f'frames {chunk[0]}-{chunk[-1]} of {num_frames} failed: '
+                                    f'{type(err).__name__}: {_clean(str(err))}')
+                break
+    return answer
 
 
 def _strip_prefix(line: str) -> str:
@@ -84,10 +100,11 @@ def _clean(message: str) -> str:
 
 def _child_main() -> None:
     for line in sys.stdin:
-        path = json.loads(line)
+        request = json.loads(line)  # a path, or [path, frames]
+        path, frames = request if isinstance(request, list) else (request, None)
         sys.stderr.write(f'\n{_MARK}\n')
         sys.stderr.flush()
-        answer = probe_in_this_process(path)
+        answer = probe_in_this_process(path, frames)
         sys.stdout.write(json.dumps(answer) + '\n')
         sys.stdout.flush()
 
@@ -128,7 +145,7 @@ class _Worker:
             [sys.executable, os.path.abspath(__file__)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.log, bufsize=0)
 
-    def probe(self, path: str) -> ProbeResult:
+    def probe(self, path: str, frames=None) -> ProbeResult:
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         proc = self.proc
@@ -141,7 +158,8 @@ class _Worker:
         timer = threading.Timer(self.timeout, stop)
         timer.start()
         try:
-            proc.stdin.write((json.dumps(path) + '\n').encode())
+            request = path if frames is None else [path, frames]
+            proc.stdin.write((json.dumps(request) + '\n').encode())
             proc.stdin.flush()
             line = proc.stdout.readline()
         except (BrokenPipeError, OSError):
@@ -162,9 +180,13 @@ class _Worker:
         self.close()
         if timed_out.is_set():
             why = f'decoding took longer than {self.timeout:g} s (probe stopped)'
-        else:
+        elif frames is None:
             why = (f'the decoder crashed ({_signal_name(returncode)}) reading it from memory '
                    "as mmaction2's DecordInit does: training would lose its DataLoader worker")
+        else:
+            why = (f'the decoder crashed ({_signal_name(returncode)}) decoding the frames '
+                   'evaluation reads (from memory, as mmaction2 does): evaluation would lose '
+                   'its DataLoader worker')
         if log:
             why += f' | decoder log: {log}'
         return ProbeResult(path, why)
@@ -187,9 +209,14 @@ class _Worker:
             self.log = None
 
 
-def probe_videos(paths: Sequence[str], num_workers: int = 4,
-                 timeout: float = 120.0) -> Dict[str, ProbeResult]:
-    """Probe every distinct path in ``num_workers`` child processes; one result per path."""
+def probe_videos(paths: Sequence[str], num_workers: int = 4, timeout: float = 120.0,
+                 frames: Optional[Dict[str, Union[Sequence[int], str]]] = None
+                 ) -> Dict[str, ProbeResult]:
+    """Probe every distinct path in ``num_workers`` child processes; one result per path.
+
+    ``frames`` maps a path to the frame indices (or ``'all'``) that must decode as well, e.g.
+    those an evaluation pipeline reads; paths it leaves out are probed as usual."""
+    frames = frames or {}
     unique = list(dict.fromkeys(paths))
     if not unique:
         return {}
@@ -199,7 +226,7 @@ def probe_videos(paths: Sequence[str], num_workers: int = 4,
     def run(shard: List[str]) -> List[ProbeResult]:
         worker = _Worker(timeout)
         try:
-            return [worker.probe(path) for path in shard]
+            return [worker.probe(path, frames.get(path)) for path in shard]
         finally:
             worker.close()
 
