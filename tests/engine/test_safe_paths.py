@@ -170,7 +170,7 @@ def test_mmengine_refuses_devices_and_fifos_without_reading(tmp_path):
     for path, expected in (('/dev/zero', 'is a character device'),
                            (str(fifo), 'is a FIFO (named pipe)')):
         done = subprocess.run([sys.executable, '-c', MMENGINE_LOAD, path], env=subprocess_env(),
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert f'CheckpointReadError {path}: {expected}, not a checkpoint file' in done.stdout
 
