@@ -164,7 +164,7 @@ except Exception as err:
 
 def test_mmengine_refuses_devices_and_fifos_without_reading(tmp_path):
     """What the runner's load_from=/dev/zero calls, in a child with 2 GB more address space
-    than its imports and 60 s: it grew to 22 GB before."""
+    than its imports and a time limit: it grew to 22 GB before."""
     fifo = tmp_path / 'pipe.pth'
     os.mkfifo(fifo)
     for path, expected in (('/dev/zero', 'is a character device'),
