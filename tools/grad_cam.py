@@ -10,7 +10,7 @@ heat map is computed with pytorch-grad-cam (the ``grad-cam`` package) on the tok
 target layer (default: the norm before the last block's attention, ``backbone.blocks.-1.norm1``),
 reshaped to their (T,) H, W grid with the cls token dropped, for the predicted class or
 ``--target-class``. The overlay is drawn on the input as the model sees it (after resizing and
-cropping), enlarged so that its short side is ``--out-size`` pixels: ``--out`` .png/.jpg for
+cropping), resized so that its short side is ``--out-size`` pixels: ``--out`` .png/.jpg for
 an image; .gif (imageio), .mp4 or .avi for a clip, one frame per input frame. ``--list-layers``
 prints the layers that hold tokens, with their grids.
 
@@ -185,12 +185,13 @@ def _scores_and_tokens(wrapper: torch.nn.Module, layer: torch.nn.Module,
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float, short_side: int) -> np.ndarray:
     """A BGR uint8 image with the heat map (same H, W, values in [0, 1]) drawn on it in the
-    jet colour map, enlarged so that its short side is at least ``short_side``."""
+    jet colour map, resized so that its short side is ``short_side`` (0: as it is)."""
     height, width = image.shape[:2]
-    scale = max(1.0, short_side / min(height, width)) if short_side else 1.0
+    scale = short_side / min(height, width) if short_side else 1.0
     size = (round(width * scale), round(height * scale))
     if scale != 1.0:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+        shrink = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+        image = cv2.resize(image, size, interpolation=shrink)
         heat = cv2.resize(heat.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     colours = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)
     return np.uint8(np.clip((1 - alpha) * image + alpha * colours, 0, 255))
