@@ -8,7 +8,6 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-
 from helpers import REPO, TINY, load_tool, write_payload_checkpoint
 
 sys.path.append(str(REPO / 'tests' / 'apis'))
