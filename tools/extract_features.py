@@ -104,12 +104,13 @@ def read_state_dict(checkpoint: str, trusted: bool) -> Dict[str, torch.Tensor]:
 
 
 def build_model(cfg: Config, checkpoint: str, device: str = 'cpu', trusted: bool = False,
-                may_lack: Sequence[str] = ()) -> Tuple[torch.nn.Module, List[str]]:
+                optional: Sequence[str] = ()) -> Tuple[torch.nn.Module, List[str]]:
     """The model of ``cfg`` with the checkpoint's weights, in eval mode, and the keys it
     lacked.
 
-    The load is strict except for keys starting with one of ``may_lack`` (modules the tool
-    added to the config), which may stay at their initial values.
+    The load is strict except for keys starting with one of ``optional`` (modules the tool
+    added to or removed from the config): the model's stay at their initial values when the
+    checkpoint lacks them, the checkpoint's are left out when the model has no such module.
     """
     scope = scope_of(cfg)
     init_default_scope(scope)
@@ -122,9 +123,16 @@ def build_model(cfg: Config, checkpoint: str, device: str = 'cpu', trusted: bool
         model_cfg['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
     model = registry.build(model_cfg)
     state = read_state_dict(checkpoint, trusted)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    lacking = [k for k in missing if k.startswith(tuple(may_lack))]
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ: another arch or modality
+        lines = [line.strip() for line in str(err).splitlines() if 'size mismatch' in line]
+        raise ToolError(f'checkpoint {checkpoint!r} does not fit the model of the config: '
+                        f'{len(lines)} tensors have other shapes, first: {lines[:2]}; is it '
+                        'the checkpoint of another arch or modality?') from None
+    lacking = [k for k in missing if k.startswith(tuple(optional))]
     missing = [k for k in missing if k not in lacking]
+    unexpected = [k for k in unexpected if not k.startswith(tuple(optional))]
     if missing or unexpected:
         raise ToolError(
             f'checkpoint {checkpoint!r} does not fit the model of the config: '
@@ -294,10 +302,10 @@ class Extractor:
         self.stages = sorted({int(s) % 4 for s in stages})
         backbone.out_indices = self.stages
         backbone.out_type = 'featmap_and_cls' if pool == 'cls' else 'featmap'
-        norms = {s: f'backbone.{"norm" if s == 3 else f"norm{s}"}.' for s in self.stages}
+        norms = {s: f'backbone.{"norm" if s == 3 else f"norm{s}"}.' for s in range(4)}
         try:
             self.model, lacking = build_model(cfg, checkpoint, device, trusted,
-                                              may_lack=tuple(norms.values()))
+                                              optional=tuple(norms.values()))
         except ValueError as err:  # e.g. out_type='featmap_and_cls' without a cls token
             raise ToolError(f'--pool {pool}: {err}') from err
         self.untrained_norms = [s for s, prefix in norms.items()
