@@ -56,6 +56,15 @@ def cam_methods() -> Dict[str, type]:
             'eigencam': cams.EigenCAM}
 
 
+def check_3d_cams() -> None:
+    """Video heat maps need grad-cam >= 1.5 (its CAMs of 5-D activations)."""
+    from importlib.metadata import version
+    installed = version('grad-cam')
+    if tuple(int(p) for p in re.findall(r'\d+', installed)[:2]) < (1, 5):
+        raise ToolError(f'video Grad-CAM needs grad-cam >= 1.5 (3-D heat maps); grad-cam '
+                        f'{installed} is installed: pip install "grad-cam>=1.5"')
+
+
 class Logits(torch.nn.Module):
     """The classifier as a function of the preprocessed batch: (B, C, [T,] H, W) -> logits."""
 
@@ -156,6 +165,8 @@ def compute_cam(model: torch.nn.Module, inputs: torch.Tensor, layer: str,
     if math.prod(grid[-2:]) == 1:
         raise ToolError(f'--target-layer {layer}: its tokens lie on a {grid} grid, too coarse '
                         'for a spatial heat map; choose an earlier layer (--list-layers)')
+    if video:
+        check_3d_cams()
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     methods = cam_methods()
     if method not in methods:

@@ -170,3 +170,12 @@ def test_checkpoint_with_code_is_refused_unless_trusted(tmp_path, capsys, image_
     assert '--trust-checkpoint' in capsys.readouterr().err and not marker.exists()
     assert tool.main(args + ['--trust-checkpoint']) == 0
     assert marker.exists() and osp.isfile(tmp_path / 'x.png')
+
+
+def test_video_needs_grad_cam_with_3d_heat_maps(monkeypatch):
+    import importlib.metadata
+    monkeypatch.setattr(importlib.metadata, 'version', lambda name: '1.4.8')
+    with pytest.raises(tool.ToolError, match=r'grad-cam >= 1.5'):
+        tool.check_3d_cams()
+    monkeypatch.setattr(importlib.metadata, 'version', lambda name: '1.5.7')
+    tool.check_3d_cams()
