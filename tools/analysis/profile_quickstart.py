@@ -176,40 +176,42 @@ def build_model_and_optim(cfg: Config, scope: str):
     return model, build_optim_wrapper(model, cfg.optim_wrapper)
 
 
-def time_model(cfg: Config, scope: str, iters: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds of each part of the model step on ``warmup + iters`` batches in memory."""
-    model, optim = build_model_and_optim(cfg, scope)
+PARTS = ('data_preprocessor', 'forward+loss', 'backward', 'optimizer step (clip incl.)',
+         'train_step total')
+
+
+def time_model(cfg: Config, scope: str, iters: int, warmup: int,
+               settings: Dict[str, Callable]) -> Dict[str, Dict[str, List[float]]]:
+    """Seconds of each part of the model step on ``warmup + iters`` batches in memory, per
+    kernel setting (a model and optimizer each, same initial weights); the settings take
+    turns step by step, so a change in the machine's load hits them alike."""
+    runs = {label: build_model_and_optim(cfg, scope) for label in settings}
     loader = Runner.build_dataloader(dict(cfg.train_dataloader, num_workers=0,
                                           persistent_workers=False), seed=0)
     batches, it = [], iter(loader)
     for _ in range(min(4, iters + warmup)):  # a few distinct batches, reused
         batches.append(next(it))
-    parts: Dict[str, List[float]] = {k: [] for k in
-                                     ('data_preprocessor', 'forward+loss', 'backward',
-                                      'optimizer step (clip incl.)', 'train_step total')}
-
-    def timed(name: str, fn: Callable, keep: bool):
-        start = time.perf_counter()
-        out = fn()
-        if keep:
-            parts[name].append(time.perf_counter() - start)
-        return out
+    parts = {label: {k: [] for k in PARTS} for label in settings}
 
     for step in range(iters + warmup):
-        keep = step >= warmup
         batch = batches[step % len(batches)]
-        total = time.perf_counter()
-        data = timed('data_preprocessor', lambda: model.data_preprocessor(batch, True), keep)
-        loss = timed('forward+loss', lambda: model.parse_losses(
-            model(**data, mode='loss'))[0], keep)
-        timed('backward', lambda: optim.backward(loss), keep)
-
-        def update():
-            optim.step()
-            optim.zero_grad()
-        timed('optimizer step (clip incl.)', update, keep)
-        if keep:
-            parts['train_step total'].append(time.perf_counter() - total)
+        for label, kernels in settings.items():
+            model, optim = runs[label]
+            with kernels():
+                marks = [time.perf_counter()]
+                data = model.data_preprocessor(batch, True)
+                marks.append(time.perf_counter())
+                loss = model.parse_losses(model(**data, mode='loss'))[0]
+                marks.append(time.perf_counter())
+                optim.backward(loss)
+                marks.append(time.perf_counter())
+                optim.step()
+                optim.zero_grad()
+                marks.append(time.perf_counter())
+            if step >= warmup:
+                for name, begin, finish in zip(PARTS, marks, marks[1:]):
+                    parts[label][name].append(finish - begin)
+                parts[label]['train_step total'].append(marks[-1] - marks[0])
     return parts
 
 
@@ -256,18 +258,16 @@ def report(path: str, args, data_root: str) -> None:
         print(f'  {"waiting for data (data_time)":<28} {median_ms(loop["data_time"])}',
               flush=True)
 
-        settings = [('recompute on (default)', contextlib.nullcontext)]
+        settings = {'recompute on (default)': contextlib.nullcontext}
         if args.compare_recompute:
-            settings.append(('recompute off', lambda: ops.use_kernels(recompute=False)))
-        for label, kernels in settings:
+            settings['recompute off'] = lambda: ops.use_kernels(recompute=False)
+        timed = time_model(cfg, scope, args.iters, args.warmup, settings)
+        for label, times_of in timed.items():
             print(f'-- model step alone, {args.iters} steps after {args.warmup} (batches in '
-                  f'memory), {label}')
-            with kernels():
-                timed = time_model(cfg, scope, args.iters, args.warmup)
-            for name, times in timed.items():
+                  f'memory), {label}' + (', alternating' if len(timed) > 1 else ''))
+            for name, times in times_of.items():
                 print(f'  {name:<28} {median_ms(times)}', flush=True)
-            if label == settings[0][0]:
-                parts = timed  # the default: what the summary compares
+        parts = timed['recompute on (default)']  # the default: what the summary compares
         model_ms = 1000 * statistics.median(parts['train_step total'])
         data_ms = 1000 * (total * batch + statistics.median(collate))
         side = 'the model step' if model_ms >= data_ms else 'the data pipeline'
