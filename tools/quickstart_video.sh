@@ -11,9 +11,14 @@
 #   WORK=dir          work folder (default: work_dirs)
 #   OMP_NUM_THREADS   default 1: one compute thread plus one dataloader worker fill two cores
 #                     without oversubscribing them (as tools/quickstart.sh)
+# The console shows concise progress (loss, lr, eta every 10 iterations, validation after each
+# epoch, test progress); each tool's console output in full goes to $WORK/<run>.{train,test}.log,
+# mmengine's complete log (config included) to the run folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export PYTHONUNBUFFERED=1  # progress reaches the console as it is logged
+PROGRESS="python mmvit_plugin/engine/console.py"  # PROGRESS --tag T --log F: concise console
 
 WORK=${WORK:-work_dirs}
 DATA=data/moving_fashion
@@ -34,45 +39,51 @@ fi
 
 python tools/data/prepare_video_task.py --out "$DATA"
 
-train() {  # train CONFIG NAME [extra train.py args...]; prints the seconds it took
+train() {  # train CONFIG NAME [extra train.py args...]; sets TRAIN_SECONDS
     local config=$1 name=$2
     shift 2
-    local start end
-    start=$(date +%s.%N)
-    local log=$WORK/$name.train.log
-    python tools/train.py "$config" --work-dir "$WORK/$name" "$@" > "$log" 2>&1 || {
+    local start log=$WORK/$name.train.log
+    start=$(date +%s)
+    python tools/train.py "$config" --work-dir "$WORK/$name" "$@" 2>&1 \
+        | $PROGRESS --tag "$name" --log "$log" || {
         tail -n 30 "$log" >&2
         echo "quickstart_video: training $name failed, full log: $log" >&2
         exit 1
     }
-    end=$(date +%s.%N)
-    python -c "print(f'{$end - $start:.0f}')"
+    TRAIN_SECONDS=$(( $(date +%s) - start ))
 }
 
 mkdir -p "$WORK"
-echo "training from scratch (log: $WORK/quickstart_video.train.log) ..."
-scratch_s=$(train configs/quickstart_video.py quickstart_video)
-echo "training inflated from $IMAGE_CKPT (log: $WORK/quickstart_video_inflated.train.log) ..."
-inflated_s=$(train configs/quickstart_video_inflated.py quickstart_video_inflated \
-    --cfg-options "default_hooks.weight_inflation.checkpoint=$IMAGE_CKPT")
+echo "training from scratch (console output in full: $WORK/quickstart_video.train.log) ..."
+train configs/quickstart_video.py quickstart_video
+scratch_s=$TRAIN_SECONDS
+echo "training inflated from $IMAGE_CKPT (console output in full:" \
+     "$WORK/quickstart_video_inflated.train.log) ..."
+train configs/quickstart_video_inflated.py quickstart_video_inflated \
+    --cfg-options "default_hooks.weight_inflation.checkpoint=$IMAGE_CKPT"
+inflated_s=$TRAIN_SECONDS
 
-test_top1() {  # test_top1 CONFIG NAME -> test top-1 in percent
-    local config=$1 name=$2 ckpt
+test_top1() {  # test_top1 CONFIG NAME; sets TEST_TOP1 (test top-1 in percent)
+    local config=$1 name=$2 ckpt log=$WORK/$name.test.log
     ckpt=$(cat "$WORK/$name/last_checkpoint")
-    python tools/test.py "$config" "$ckpt" --work-dir "$WORK/$name/test" \
-        > "$WORK/$name.test.log" 2>&1 || {
-        tail -n 30 "$WORK/$name.test.log" >&2
+    echo "testing $ckpt (console output in full: $log) ..."
+    python tools/test.py "$config" "$ckpt" --work-dir "$WORK/$name/test" 2>&1 \
+        | $PROGRESS --tag "$name" --log "$log" || {
+        tail -n 30 "$log" >&2
         exit 1
     }
-    python - "$WORK/$name/test" <<'PY'
+    TEST_TOP1=$(python - "$WORK/$name/test" <<'PY'
 import glob, json, sys
 rows = [json.loads(line) for path in glob.glob(f'{sys.argv[1]}/*/*.json')
         for line in open(path) if 'acc/top1' in line]
 print(f"{100 * rows[-1]['acc/top1']:.2f}")
 PY
+)
 }
-scratch_top1=$(test_top1 configs/quickstart_video.py quickstart_video)
-inflated_top1=$(test_top1 configs/quickstart_video_inflated.py quickstart_video_inflated)
+test_top1 configs/quickstart_video.py quickstart_video
+scratch_top1=$TEST_TOP1
+test_top1 configs/quickstart_video_inflated.py quickstart_video_inflated
+inflated_top1=$TEST_TOP1
 
 echo
 python - "$WORK/quickstart_video" "$WORK/quickstart_video_inflated" <<'PY'
@@ -85,6 +96,7 @@ for run, label in zip(sys.argv[1:], ('from scratch', 'inflated')):
 PY
 echo
 echo "test clips after the first and the last epoch: right, the still item's class, another class"
+echo "(4 checkpoints, each on every test clip: a line per checkpoint as it finishes)"
 python - "$DATA" "$WORK/quickstart_video" "$WORK/quickstart_video_inflated" <<'PY' 2>/dev/null
 import csv, logging, os.path as osp, sys
 import torch
@@ -124,7 +136,7 @@ for run, label in zip(runs, ('from scratch', 'inflated')):
                     counts[key] += 1
         share = {k: 100 * v / len(dataset) for k, v in counts.items()}
         print(f"  {label:>12}, {name:>10}: {share['right']:5.1f}%  {share['still']:5.1f}%"
-              f"  {share['other']:5.1f}%")
+              f"  {share['other']:5.1f}%", flush=True)
 PY
 echo
 echo "test top-1 (tools/test.py) on $(find "$DATA/test" -name '*.mp4' | wc -l) clips" \

@@ -5,10 +5,11 @@
         [--cfg-options key=value ...] [--launcher none|pytorch|slurm|mpi]
 
 ``--out`` writes one prediction per test sample: .pkl keeps the hosts' full data samples
-(scores included); .csv / .json hold img_path, gt_label, pred_label, pred_score, and the
-class names when the dataset has them (image and video configs alike). ``--out-item metrics``
-writes the metrics instead. The printed top-1 is checked against the predictions, and a test
-whose scores are NaN/Inf stops with an error instead of printing a meaningless accuracy.
+(scores included); .csv / .json hold img_path (the image or video file), gt_label, pred_label,
+pred_score, and the class names when the dataset has them (image and video configs alike).
+``--out-item metrics`` writes the metrics instead. The printed top-1 is checked against the
+predictions, and a test whose scores are NaN/Inf stops with an error instead of printing a
+meaningless accuracy.
 """
 import argparse
 import copy
@@ -102,6 +103,23 @@ def prediction_rows(samples: List[dict], classes) -> List[Dict]:
                 row['gt_class'] = classes[row['gt_label']]
         rows.append(row)
     return rows
+
+
+def fill_missing_paths(rows: List[Dict], loader) -> None:
+    """Take the file names the samples lack from the test dataset.
+
+    mmaction2's ``PackActionInputs`` keeps no file name in its samples. mmengine's evaluator
+    returns the results in dataset order (also when gathered from several processes), so
+    row i is dataset item i whenever the sampler does not shuffle.
+    """
+    dataset = loader.dataset
+    if all(row['img_path'] for row in rows) or len(rows) != len(dataset) or \
+            getattr(loader.sampler, 'shuffle', False):
+        return
+    for index, row in enumerate(rows):
+        if not row['img_path']:
+            info = dataset.get_data_info(index)
+            row['img_path'] = info.get('img_path') or info.get('filename') or ''
 
 
 def non_finite_count(samples: List[dict]) -> int:
@@ -229,6 +247,7 @@ def main() -> None:
         raise SystemExit(1)
     classes = runner.test_dataloader.dataset.metainfo.get('classes')
     rows = prediction_rows(samples, classes)
+    fill_missing_paths(rows, runner.test_dataloader)
     print(f'\n{osp.basename(args.checkpoint)} on '
           f'{len(runner.test_dataloader.dataset)} test samples: {format_metrics(metrics)}',
           flush=True)

@@ -7,23 +7,30 @@ After ``import mmvit_plugin``: ``mmpretrain.list_models('mmvit-*')``,
 video models (mmengine's BaseInferencer looks names up only in the host's own metafiles).
 """
 import os.path as osp
+import warnings
 from typing import List, Optional, Tuple
 
 from mmengine.config import Config
 
 PREFIX = 'mmvit-'
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-MODEL_INDEX = osp.join(REPO, 'model-index.yml')
+# Inside the package, where OpenMMLab packages keep theirs: in the source tree .mim/ links to
+# the repository's model-index.yml and configs/, a wheel holds copies (setup.cfg package_data).
+MODEL_INDEX = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), '.mim',
+                       'model-index.yml')
 
 
 def register_model_index(model_index: str = MODEL_INDEX) -> List[str]:
     """Add the plugin's models to mmpretrain's ModelHub (once); returns their names.
 
-    Silently does nothing when the index is absent (the package was installed without its
-    configs folder): the plugin's classes stay usable from config files.
+    A missing index only warns: the plugin's classes stay usable from config files.
     """
     from mmpretrain.apis import ModelHub
     if not osp.isfile(model_index):
+        warnings.warn(
+            f'the mmvit model index {model_index} is missing, so no mmvit- model names are '
+            'registered: the package was built without its package data (setup.cfg '
+            '[options.package_data]), or the symlinks in mmvit_plugin/.mim were not checked '
+            'out as links; reinstall with pip install .', stacklevel=2)
         return []
     from modelindex.load_model_index import load
     index = load(model_index)
