@@ -92,8 +92,16 @@ def decomposed_rel_pos_bias(q: torch.Tensor, q_size: Size, k_size: Size,
     bias = None
     for axis, table in enumerate(tables):
         pos = gather_rel_pos(table, q_size[axis], k_size[axis]).to(q.dtype)  # (qa, ka, C)
-        # Move this axis first so one batched matmul covers every other query position.
-        q_axis_first = q_grid.movedim(axis + 1, 0).reshape(q_size[axis], -1, C)
+        # Move this axis first so one batched matmul covers every other query position:
+        # (qa, rest, C), rest running over (B*heads, axes before, axes after).
+        before = B * heads * math.prod(q_size[:axis])
+        after = math.prod(q_size[axis + 1:])
+        # The axes after this one stay merged with C until the last reshape: onnxscript's
+        # Reshape-MatMul-Reshape rewrite (the dynamo ONNX exporter's default optimiser)
+        # otherwise drops that reshape whenever an unrelated grid side equals q_size[axis]
+        # (the shapes still broadcast), giving wrong numbers. Same values reach bmm either way.
+        q_axis_first = (q_grid.reshape(before, q_size[axis], after * C).transpose(0, 1)
+                        .reshape(q_size[axis], -1, C))
         term = torch.bmm(q_axis_first, pos.transpose(1, 2))  # (qa, rest, ka)
         rest = [B * heads] + [s for a, s in enumerate(q_size) if a != axis]
         term = term.reshape(q_size[axis], *rest, k_size[axis]).movedim(0, axis + 1)
