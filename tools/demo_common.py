@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import os.path as osp
+from collections import deque
 from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -55,6 +56,24 @@ def add_labels_arg(parser: argparse.ArgumentParser) -> None:
                                          'names, else "class N"')
 
 
+def add_window_args(parser: argparse.ArgumentParser) -> None:
+    """--window and --stride of the demos that slide over a stream of frames."""
+    parser.add_argument('--window', type=int, default=0,
+                        help='frames in the sliding window (default: the span of one clip of '
+                             'the config, clip_len x frame_interval)')
+    parser.add_argument('--stride', type=int, default=0,
+                        help='frames between two predictions (default: half the window)')
+
+
+def add_output_video_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--out-file', help='write the frames with the labels drawn on them '
+                                           '(.mp4, .avi or .gif)')
+    parser.add_argument('--fps', type=float, default=0,
+                        help='fps of --out-file (default: the source\'s)')
+    parser.add_argument('--out-width', type=int, default=480,
+                        help='width of --out-file frames, 0 keeps the input size')
+
+
 def quiet_logs() -> None:
     """mmaction2's loaders log FileClient deprecation notices on every call: keep the output to
     the predictions (errors still show)."""
@@ -75,6 +94,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    init_default_scope(config_scope(cfg))  # the pipeline's transforms are the host's
     return cfg
 
 
@@ -94,9 +114,9 @@ def build_model(cfg: Config, checkpoint: str, device: str, trusted: bool = False
     The file is read by the project's safe loader (mmengine's local loader once the plugin is
     imported): weights only, unless ``trusted``.
     """
-    import mmvit_plugin  # noqa: F401  (registers the plugin and the safe checkpoint loader)
     from mmengine.runner import load_checkpoint
 
+    import mmvit_plugin  # noqa: F401  (registers the plugin and the safe checkpoint loader)
     from mmvit_plugin.checkpoint import CheckpointReadError, UnsafeCheckpointError
     from mmvit_plugin.checkpoint.safe_load import trusted_checkpoints
 
@@ -256,6 +276,48 @@ def predict_clip(model, to_clip: FramesToClip, frames_bgr: Sequence[np.ndarray]
     """Class probabilities of a recognizer for one window of frames."""
     with torch.no_grad():
         return scores_of(model.test_step(pseudo_collate([to_clip(frames_bgr)]))[0])
+
+
+class SlidingWindow:
+    """The last ``size`` frames of a stream; a window is due every ``stride`` frames once full.
+
+    Holds at most ``size`` frames, whatever the stream's length.
+    """
+
+    def __init__(self, size: int, stride: int) -> None:
+        if size < 1 or stride < 1:
+            raise DemoError(f'--window {size} / --stride {stride}: both must be at least 1')
+        self.size, self.stride = size, stride
+        self.frames: deque = deque(maxlen=size)
+        self.seen = 0  # frames pushed so far
+        self.last_end = 0  # end (exclusive frame index) of the last window handed out
+
+    def push(self, frame: np.ndarray) -> bool:
+        """Add a frame; True when the window now ending at it is due."""
+        self.frames.append(frame)
+        self.seen += 1
+        due = self.seen >= self.size and (self.seen - self.size) % self.stride == 0
+        if due:
+            self.last_end = self.seen
+        return due
+
+    @property
+    def start(self) -> int:
+        """Frame index of the oldest frame held."""
+        return self.seen - len(self.frames)
+
+    def finish(self) -> bool:
+        """At the end of the stream: True when frames came after the last window (or no window
+        was due at all), so one more window (the last frames held) should cover them."""
+        due = self.seen > self.last_end
+        self.last_end = self.seen
+        return due
+
+
+def window_from_args(args: argparse.Namespace, to_clip: 'FramesToClip') -> SlidingWindow:
+    """The sliding window that --window/--stride ask for (defaults: see add_window_args)."""
+    size = args.window or to_clip.span
+    return SlidingWindow(size, args.stride or max(1, size // 2))
 
 
 # ----------------------------------------------------------------------------- sources
