@@ -215,6 +215,12 @@ def topk_record(best: TopK) -> List[Dict]:
             for rank, (index, name, score) in enumerate(best, 1)]
 
 
+def rank_line(rank: int, index: int, name: str, score: float) -> str:
+    """``1. name (class 3): 0.1234``; the class index only when the name is not just it."""
+    shown = '' if name == f'class {index}' else f' (class {index})'
+    return f'{rank}. {name}{shown}: {score:.4f}'
+
+
 def format_topk(best: TopK) -> str:
     return ' | '.join(f'{rank}. {name} {score:.4f}' for rank, (_, name, score) in
                       enumerate(best, 1))

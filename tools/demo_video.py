@@ -33,6 +33,7 @@ from demo_common import (  # noqa: E402
                          load_config,
                          open_capture,
                          quiet_logs,
+                         rank_line,
                          read_label_names,
                          scores_of,
                          test_pipeline_of,
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         best = top_k(scores, names, args.topk)
         print(f'top-{args.topk} for {args.video}:')
         for rank, (index, name, score) in enumerate(best, 1):
-            print(f'{rank}. {name} (class {index}): {score:.4f}')
+            print(rank_line(rank, index, name, score))
         if args.out_file:
             frames = write_visualisation(args.video, best, args.out_file, args.fps,
                                          args.out_width)
