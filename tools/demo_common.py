@@ -420,7 +420,9 @@ class VideoSink:
         self.size = (frame.shape[1], frame.shape[0])
         if self.is_gif:
             import imageio.v2 as imageio
-            self.writer = imageio.get_writer(self.path, mode='I', duration=1.0 / self.fps)
+            # imageio's GIF writer takes each frame's duration in milliseconds
+            self.writer = imageio.get_writer(self.path, mode='I', duration=1000.0 / self.fps,
+                                             loop=0)
             return
         fourcc = VIDEO_EXTENSIONS[osp.splitext(self.path)[1].lower()]
         self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*fourcc), self.fps,

@@ -14,6 +14,7 @@ import pytest
 import torch
 from apis.media import config_path, random_checkpoint, real_clip, real_photo
 from helpers import load_tool, write_payload_checkpoint
+from PIL import Image
 
 import mmvit_plugin  # noqa: F401  (registers the plugin)
 
@@ -235,9 +236,15 @@ def test_long_video_timeline_and_labelled_video(tmp_path, capsys, video_checkpoi
 def test_long_video_csv_and_a_video_shorter_than_the_window(tmp_path, capsys, video_checkpoint,
                                                             bikes_frames):
     clip = write_video(tmp_path / 'five.avi', bikes_frames[:5])
-    timeline = str(tmp_path / 'out' / 'timeline.csv')
+    timeline, gif = str(tmp_path / 'out' / 'timeline.csv'), str(tmp_path / 'out' / 'five.gif')
     assert long_video.main([VIDEO_CONFIG, video_checkpoint, clip, '--timeline', timeline,
-                            '--topk', '2', '--quiet']) == 0
+                            '--topk', '2', '--quiet', '--out-file', gif]) == 0
+    with Image.open(gif) as drawn:  # 5 frames shown 40 ms each (25 fps)
+        durations = []
+        for index in range(drawn.n_frames):
+            drawn.seek(index)
+            durations.append(drawn.info['duration'])
+    assert durations == [40] * 5
     rows = list(csv.DictReader(open(timeline)))
     assert len(rows) == 1  # one window of the 5 frames (the sampler loops them)
     row = rows[0]
