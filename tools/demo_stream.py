@@ -73,19 +73,25 @@ class LiveReader:
                 time.sleep(max(0.0, started + count * self.pace - time.perf_counter()))
             ok, frame = self.capture.read()
             count += 1
-            item = frame if ok else None
+            if not ok:
+                break
             while True:
                 try:
-                    self.frames.put_nowait(item)
+                    self.frames.put_nowait(frame)
                     break
-                except queue.Full:
+                except queue.Full:  # drop the oldest frame
                     try:
                         self.frames.get_nowait()
                         self.dropped += 1
                     except queue.Empty:
                         pass
-            if not ok:
+        # the end marker waits for room (it must not push out the last frames)
+        while not self.stopped.is_set():
+            try:
+                self.frames.put(None, timeout=0.1)
                 return
+            except queue.Full:
+                pass
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:

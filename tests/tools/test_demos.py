@@ -182,10 +182,22 @@ def test_stream_errors_are_named(tmp_path, capsys, monkeypatch, video_checkpoint
         ([small_clip, '--no-show', '--out-file', str(tmp_path / 'x.webm')],
          'use .mp4, .avi or .gif'),
         ([small_clip, '--no-show', '--labels', str(tmp_path / 'none.txt')], 'label file'),
+        (['99', '--no-show'], "source '99': OpenCV cannot open it (no such camera?)"),
     ]
     for extra, message in cases:
         assert stream.main([VIDEO_CONFIG, video_checkpoint] + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
+    assert stream.main([IMAGE_CONFIG, video_checkpoint, small_clip, '--no-show']) == 2
+    assert 'has no decode step' in capsys.readouterr().err
+
+
+def test_stream_reads_a_url(capsys, video_checkpoint, small_clip):
+    # any URL OpenCV's FFmpeg opens; a URL is read as a live source (a thread, frames dropped)
+    assert stream.main([VIDEO_CONFIG, video_checkpoint, f'file://{small_clip}', '--no-show',
+                        '--window', '4', '--stride', '4', '--quiet']) == 0
+    seen, dropped = map(int, re.search(r'(\d+) frames, (\d+) dropped',
+                                       capsys.readouterr().out).groups())
+    assert seen + dropped == 50 and seen >= 4
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unless_trusted(tmp_path, capsys,
