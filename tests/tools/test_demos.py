@@ -121,6 +121,23 @@ def test_frames_to_clip_follows_the_configs_sampler(video_checkpoint, bikes_fram
     assert np.array_equal(clip[0].permute(1, 2, 3, 0).numpy(), expected)
 
 
+@pytest.mark.parametrize('name,options', [
+    ('quickstart_video.py', None), ('mvitv2_s_16x4_k400.py', None),
+    # one of its 5 clips (x 3 crops) keeps the test fast; the option a user would pass too
+    ('mvitv2_l_40x3_k400.py', {'test_pipeline.1.num_clips': 1})])
+def test_frames_to_clip_gives_a_video_configs_test_views(name, options):
+    cfg = common.load_config(config_path(name), options)
+    to_clip = common.FramesToClip(cfg)
+    steps = {step['type']: step for step in common.test_pipeline_of(cfg)}
+    sampler = steps['SampleFrames']
+    assert to_clip.span == sampler['clip_len'] * sampler['frame_interval']
+    frames = read_frames(real_clip(), to_clip.span)
+    views = sampler['num_clips'] * (3 if 'ThreeCrop' in steps else 1)
+    crop = next((steps[k]['crop_size'] for k in ('CenterCrop', 'ThreeCrop') if k in steps), None)
+    size = (crop, crop) if crop else frames[0].shape[:2]
+    assert tuple(to_clip(frames)['inputs'].shape) == (views, 3, sampler['clip_len'], *size)
+
+
 # ----------------------------------------------------------------------------- stream demo
 
 
