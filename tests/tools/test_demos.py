@@ -187,6 +187,19 @@ def test_stream_live_source_drops_what_the_model_cannot_keep_up_with(capsys, vid
     assert seen + dropped == 50 and seen >= 8 and predictions == (seen - 8) // 8 + 1
 
 
+def test_stream_shows_each_frame_and_stops_on_q(capsys, monkeypatch, video_checkpoint,
+                                                 small_clip):
+    shown, keys = [], iter([-1] * 9 + [ord('q')])
+    monkeypatch.setenv('DISPLAY', ':0')  # OpenCV's window calls are replaced below
+    monkeypatch.setattr(stream.cv2, 'imshow', lambda name, frame: shown.append(frame.shape))
+    monkeypatch.setattr(stream.cv2, 'waitKey', lambda delay: next(keys))
+    monkeypatch.setattr(stream.cv2, 'destroyAllWindows', lambda: None)
+    assert stream.main([VIDEO_CONFIG, video_checkpoint, small_clip, '--window', '4',
+                        '--stride', '4', '--out-width', '0']) == 0
+    assert shown == [(SMALL[1], SMALL[0], 3)] * 10  # q pressed on the 10th frame
+    assert '10 frames, 2 predictions' in capsys.readouterr().out
+
+
 def test_stream_errors_are_named(tmp_path, capsys, monkeypatch, video_checkpoint, small_clip):
     monkeypatch.delenv('DISPLAY', raising=False)
     monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
