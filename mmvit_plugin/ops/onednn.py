@@ -195,10 +195,11 @@ def _prefer_onednn(kind: str, x: torch.Tensor, dims: Tuple[int, ...], grad: bool
     if forced is not None:
         return forced
     rows = calibrate.bucket(max(1, x.numel() // x.shape[-1]), calibrate.MAX_ROWS)
-    extra = (kernel_settings().recompute,) if kind == 'mlp' and grad else ()
-    key = (kind, rows, *dims, 'train' if grad else 'infer', *extra)
-    return calibrate.decide(key, 'onednn', lambda: make(rows, *dims, grad, *extra),
-                            x, *tensors) == 'onednn'
+    # Timed with recompute off (the default) whatever the setting: the choice, and so the
+    # exact numbers, must not depend on the memory option.
+    key = (kind, rows, *dims, 'train' if grad else 'infer')
+    return calibrate.decide(key, 'onednn', lambda: make(rows, *dims, grad), x,
+                            *tensors) == 'onednn'
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -326,7 +327,7 @@ class _Attention(torch.autograd.Function):
 
 
 def _attention_candidates(items: int, num_q: int, num_k: int, width: int, width_v: int,
-                          with_residual: bool, grad: bool, recompute: bool):
+                          with_residual: bool, grad: bool, recompute: bool = False):
     q = calibrate.random_tensor(items, num_q, width, seed=1)
     k = calibrate.random_tensor(items, num_k, width, seed=2, scale=width ** -0.5)
     v = calibrate.random_tensor(items, num_k, width_v, seed=3)
@@ -352,11 +353,9 @@ def per_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         else 'batched'
     items = calibrate.attention_items(batch_heads, num_q, num_k)
     dims = (items, num_q, num_k, k.shape[-1], v.shape[-1], residual is not None)
-    extra = (settings.recompute,) if grad else ()
-    key = ('attention', *dims, 'train' if grad else 'infer', *extra)
-    return calibrate.decide(
-        key, default, lambda: _attention_candidates(*dims, grad, settings.recompute),
-        q, k, v) == 'per_item'
+    key = ('attention', *dims, 'train' if grad else 'infer')  # timed with recompute off
+    return calibrate.decide(key, default, lambda: _attention_candidates(*dims, grad),
+                            q, k, v) == 'per_item'
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
