@@ -1,16 +1,29 @@
-"""Our MViTv2 against the installed peer (mmpretrain's MViT for images, mmaction2's for video).
+"""Our MViTv2 against every installed peer port, eager and compiled, and how cost grows.
 
-Both models get identical weights (the peer's random weights renamed into ours by the checkpoint
-converter, ``mmvit_plugin.checkpoint.to_canonical``), their outputs are compared, then both are
-timed alternately in one process on the same input, so background load hits both alike. Printed
-per mode: time per step, throughput, the ratio ours/peer, our achieved FLOP rate as a share of
-the fp32 (or bf16) matrix-multiply peak measured in the same run, and the peak memory of a
-training step.
+Peers: mmpretrain's MViT and timm's ``mvitv2_*`` for images, mmaction2's MViT and torchvision's
+``mvit_v2_s`` (S 16x4) for video. All get identical weights through the checkpoint converter
+(mmpretrain's / mmaction2's random weights renamed into ours by ``to_canonical``; ours renamed
+into timm's and torchvision's by ``from_canonical``), their outputs are compared, then all are
+timed alternately in one process on the same input, so background load hits all alike.
+Printed per mode: time per step, throughput, our FLOP rate as a share of the fp32 (or bf16)
+matrix-multiply peak measured in the same run, our speed-up over each peer and over the
+fastest peer per figure (medians, best steps, back-to-back pairs, CPU time), and peak memory.
+``--compile peers|ours|both`` adds ``torch.compile``d copies beside the eager models (the first
+compile takes minutes on 2 CPU cores). ``--scaling`` prints instead a table over batch sizes,
+image sides and clip lengths: ours and the fastest peer side by side, time and peak memory,
+with the crossover points and how memory grows.
 
     python tools/benchmark.py --arch tiny --batch-size 8               # image T @224
     python tools/benchmark.py --arch small-16x4 --batch-size 1         # video S 16x4
-    python tools/benchmark.py --arch tiny --dtype bf16 --modes train --iters 5
+    python tools/benchmark.py --arch tiny --compile peers --modes inference
+    python tools/benchmark.py --arch tiny --scaling --scale-batch 1,8 --scale-size 224,320
     python tools/benchmark.py --arch small-16x4 --device cuda --dtype bf16 --compile both
+
+Our kernels (oneDNN or PyTorch's matmul per linear shape, per-item or batched attention) are
+chosen by a short calibration the first time each shape runs on a machine (see
+``mmvit_plugin.ops.calibrate``); the first, untimed step of our model does it, and the tool
+prints the choices cached for this machine. ``--calibration force`` measures them again,
+``--recompute`` turns on our memory option.
 
 Peak memory on CPU is the largest amount of tensor memory alive during one step above what was
 alive when it began (torch.profiler memory events, per-op granularity); on CUDA it is
@@ -18,7 +31,7 @@ alive when it began (torch.profiler memory events, per-op granularity); on CUDA 
 
 On a CPU shared with other busy processes, run with ``OMP_WAIT_POLICY=passive``: with the
 default (spinning) policy every parallel region waits for descheduled threads, and a step can
-take several times longer for both models, with ratios that mostly measure the scheduler.
+take several times longer for all models, with ratios that mostly measure the scheduler.
 """
 import argparse
 import contextlib
