@@ -12,7 +12,8 @@ thread count) and reused by every later process on that machine.
 The cache dir is ``$MMVIT_CACHE_DIR`` or ``~/.cache/mmvit``. ``$MMVIT_CALIBRATE`` (or
 ``use_kernels(calibration=...)``, which takes precedence) is one of:
 
-- ``on`` (default): use the cached choice, measure a missing one;
+- ``on`` (default): use the cached choice, measure a missing one (and one timed while the
+  machine was much busier than it is now, see ``worth_remeasuring``);
 - ``off``: measure nothing, use the built-in defaults (oneDNN, per-item attention for items of
   at least ``DEFAULT_MIN_ATTENTION_ENTRIES`` entries);
 - ``force``: measure every bucket again once in this process and overwrite the cache.
@@ -43,6 +44,8 @@ DEFAULT_MIN_ATTENTION_ENTRIES = 200_000
 # Another candidate replaces the default only when it is this much faster (timing noise).
 DEFAULT_MARGIN = 0.05
 REPEATS = 5
+MAX_REPEATS = 25
+BUDGET_S = 0.3
 # Shapes are timed at reduced sizes: per-row (linear) and per-item (attention) costs are flat
 # beyond these, and calibration must stay short.
 MAX_ROWS = 4096
@@ -165,12 +168,12 @@ def _read_file() -> Dict[str, Dict[str, dict]]:
     return data if isinstance(data, dict) else {}
 
 
-def _cached(machine: str, text: str) -> Optional[str]:
+def _cached(machine: str, text: str) -> Optional[dict]:
     global _file_cache
     if _file_cache is None:
         _file_cache = _read_file()
     entry = _file_cache.get(machine, {}).get(text)
-    return entry.get('choice') if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) and isinstance(entry.get('choice'), str) else None
 
 
 def _store(machine: str, text: str, entry: dict) -> None:
@@ -205,20 +208,40 @@ def cached_choices() -> Dict[str, dict]:
 
 # Measuring -------------------------------------------------------------------------------------
 
-def time_candidates(candidates: Mapping[str, Callable[[], None]],
-                    repeats: int = REPEATS) -> Dict[str, list]:
-    """Seconds per run of each candidate: one untimed run each, then ``repeats`` rounds in
-    alternating order, so a load change hits every candidate alike."""
+def time_candidates(candidates: Mapping[str, Callable[[], None]], repeats: int = REPEATS,
+                    budget_s: float = BUDGET_S, max_repeats: int = MAX_REPEATS
+                    ) -> Dict[str, list]:
+    """Seconds per run of each candidate: one untimed run each, then rounds in alternating
+    order (so a load change hits every candidate alike): at least ``repeats``, more while the
+    rounds so far took less than ``budget_s`` (cheap shapes get more tries), at most
+    ``max_repeats``."""
     names = list(candidates)
     for name in names:
         candidates[name]()
     times: Dict[str, list] = {name: [] for name in names}
-    for i in range(repeats):
-        for name in (names if i % 2 == 0 else names[::-1]):
+    spent, rounds = 0.0, 0
+    while rounds < repeats or (spent < budget_s and rounds < max_repeats):
+        for name in (names if rounds % 2 == 0 else names[::-1]):
             start = time.perf_counter()
             candidates[name]()
-            times[name].append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent += elapsed
+        rounds += 1
     return times
+
+
+def worth_remeasuring(measured_load: Optional[float], load_now: Optional[float],
+                      cpus: int) -> bool:
+    """Whether a cached choice was timed on a much busier machine than now: more runnable
+    processes than 1.5x the cores then, and under half that load now."""
+    if measured_load is None or load_now is None:
+        return False
+    return measured_load > 1.5 * cpus and load_now < measured_load / 2
+
+
+def _load() -> Optional[float]:
+    return os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
 
 
 def decide(key: Key, default: str, make_candidates: Callable[[], Mapping[str, Callable]],
@@ -239,9 +262,10 @@ def decide(key: Key, default: str, make_candidates: Callable[[], Mapping[str, Ca
             return _memo[memo_key]
         if mode == 'on':
             found = _cached(machine, text)
-            if found is not None:
-                _memo[memo_key] = found
-                return found
+            if found is not None and not worth_remeasuring(
+                    (found.get('load') or [None])[0], _load(), os.cpu_count() or 1):
+                _memo[memo_key] = found['choice']
+                return found['choice']
     if not measuring_allowed(*tensors):
         return default
     with _lock:
@@ -255,7 +279,8 @@ def decide(key: Key, default: str, make_candidates: Callable[[], Mapping[str, Ca
                  'median_ms': {name: round(1e3 * statistics.median(t), 4)
                                for name, t in timings.items()},
                  'measured': time.strftime('%Y-%m-%d %H:%M:%S'),
-                 'load': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None}
+                 'load': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
+                 'rounds': len(next(iter(timings.values())))}
         _memo[memo_key] = choice
         if mode == 'force':
             _forced.add(memo_key)

@@ -204,3 +204,44 @@ def test_a_real_calibration_leaves_the_global_rng_and_grad_mode_alone():
     (key, entry), = calibrate.cached_choices().items()
     assert key == 'linear:8:16:12:False:infer'
     assert entry['choice'] in ('onednn', 'torch') and set(entry['best_ms']) == {'onednn', 'torch'}
+
+
+def test_cheap_candidates_get_more_rounds_within_the_budget():
+    calls = {'a': 0, 'b': 0}
+
+    def count(name):
+        def run():
+            calls[name] += 1
+        return run
+    times = calibrate.time_candidates({'a': count('a'), 'b': count('b')}, repeats=3,
+                                      budget_s=10.0, max_repeats=7)
+    assert [len(t) for t in times.values()] == [7, 7] and calls == {'a': 8, 'b': 8}
+    times = calibrate.time_candidates({'a': count('a')}, repeats=3, budget_s=0.0)
+    assert len(times['a']) == 3
+
+
+def test_choices_timed_on_a_much_busier_machine_are_timed_again():
+    assert calibrate.worth_remeasuring(14.0, 1.0, cpus=2)
+    assert not calibrate.worth_remeasuring(14.0, 8.0, cpus=2)  # still busy
+    assert not calibrate.worth_remeasuring(2.5, 0.1, cpus=2)  # was not busy
+    assert not calibrate.worth_remeasuring(None, 0.1, cpus=2)
+
+
+def test_a_busy_time_entry_is_measured_again_when_quiet(fake_timer, monkeypatch):
+    make = Counting('fast')
+    cpus = 2
+    monkeypatch.setattr(calibrate.os, 'cpu_count', lambda: cpus)
+    monkeypatch.setattr(calibrate.os, 'getloadavg', lambda: (14.0, 14.0, 14.0))
+    with ops.use_kernels(calibration='on'):
+        calibrate.decide(('k', 1), 'slow', make)
+        calibrate.forget()
+        calibrate.decide(('k', 1), 'slow', make)  # as busy as then: kept
+        assert make.builds == 1
+        monkeypatch.setattr(calibrate.os, 'getloadavg', lambda: (0.5, 0.5, 0.5))
+        calibrate.forget()
+        calibrate.decide(('k', 1), 'slow', make)
+        assert make.builds == 2
+        assert calibrate.cached_choices()['k:1']['load'][0] == 0.5
+        calibrate.forget()
+        calibrate.decide(('k', 1), 'slow', make)
+        assert make.builds == 2
