@@ -2,7 +2,7 @@
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -13,24 +13,39 @@ class KernelSettings:
 
     Attributes:
         onednn: route fp32 CPU matrix products through oneDNN (``ops.onednn``) instead of
-            PyTorch's standard ops (MKL on the CPU).
+            PyTorch's standard ops (MKL on the CPU). None (default): per linear/MLP shape,
+            whichever of the two ``ops.calibrate`` measured faster on this machine (oneDNN when
+            calibration is off); True: oneDNN wherever it applies; False: never.
         min_attention_entries: attention items (one per batch element and head) with at least
             this many attention-matrix entries run as separate oneDNN products; smaller ones
-            share one batched bmm. Per-item oneDNN is faster on an idle CPU down to ~20k
-            entries, but each op is a parallel region, and on a loaded machine many small ones
-            cost more than they save, so the bar is set higher.
+            share one batched bmm. None (default): per attention shape, whichever of the two
+            ``ops.calibrate`` measured faster (``calibrate.DEFAULT_MIN_ATTENTION_ENTRIES`` when
+            calibration is off).
         recompute: recompute the attention probabilities, the GELU output and the pooling
-            conv's output in the backward instead of storing them (less memory, a little more
-            compute). Off keeps them for the backward.
+            conv's output in the backward instead of storing them: less training memory (the
+            attention matrices of a step are never alive together), some more compute. Off by
+            default: the recomputation costs 5-15% of a training step where the matrix products
+            are not much faster than PyTorch's (measured on an Intel Xeon), and memory is the
+            scarcer resource only for some users; turn it on with ``use_kernels(recompute=True)``.
+        calibration: 'on', 'off' or 'force' (see ``ops.calibrate``); None (default) reads
+            ``$MMVIT_CALIBRATE`` (unset: 'on').
     """
-    onednn: bool = True
-    min_attention_entries: int = 200_000
-    recompute: bool = True
+    onednn: Optional[bool] = None
+    min_attention_entries: Optional[int] = None
+    recompute: bool = False
+    calibration: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.min_attention_entries, int) or self.min_attention_entries < 0:
-            raise ValueError('KernelSettings.min_attention_entries must be an int >= 0, got '
-                             f'{self.min_attention_entries!r}')
+        entries = self.min_attention_entries
+        if entries is not None and (not isinstance(entries, int) or entries < 0):
+            raise ValueError('KernelSettings.min_attention_entries must be an int >= 0 (or None: '
+                             f'calibrated), got {entries!r}')
+        if self.onednn not in (None, True, False):
+            raise ValueError(f'KernelSettings.onednn must be None, True or False, got '
+                             f'{self.onednn!r}')
+        if self.calibration not in (None, 'on', 'off', 'force'):
+            raise ValueError("KernelSettings.calibration must be None, 'on', 'off' or 'force', "
+                             f'got {self.calibration!r}')
 
 
 _current = KernelSettings()
@@ -47,6 +62,8 @@ def use_kernels(**changes) -> Iterator[KernelSettings]:
 
         with use_kernels(onednn=False):
             model(x)   # standard PyTorch ops only
+        with use_kernels(recompute=True):
+            loss = model(x).sum()   # less memory in the backward
     """
     global _current
     fields = {f.name for f in dataclasses.fields(KernelSettings)}

@@ -7,13 +7,17 @@ autograd formula. This module wraps it with hand-written backwards. Everything i
 only the order of summation differs from the standard ops.
 
 Where oneDNN does not apply (GPU, other dtypes, autocast, tracing/export/compilation, or
-``use_kernels(onednn=False)``) the standard PyTorch ops run instead (see ``usable``).
+``use_kernels(onednn=False)``) the standard PyTorch ops run instead (see ``usable``). Where it
+applies, ``ops.calibrate`` picks per shape whichever of oneDNN and the standard op is faster on
+this machine (``use_kernels(onednn=True)`` forces oneDNN), and per attention shape per-item
+products or one batched bmm.
 """
-from typing import Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from . import calibrate
 from .config import autocast_enabled, capturing_graph, kernel_settings
 
 _LINEAR = None
@@ -31,7 +35,7 @@ def available() -> bool:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the oneDNN path applies to these tensors right now."""
-    if capturing_graph() or not (available() and kernel_settings().onednn) \
+    if capturing_graph() or not available() or kernel_settings().onednn is False \
             or autocast_enabled('cpu'):
         return False
     return all(t.device.type == 'cpu' and t.dtype == torch.float32 and t.layout == torch.strided
@@ -131,13 +135,83 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _train_step(fn: Callable[[], torch.Tensor], leaves, upstream: torch.Tensor
+                ) -> Callable[[], None]:
+    def step() -> None:
+        with torch.enable_grad():
+            torch.autograd.grad(fn(), leaves, upstream)
+    return step
+
+
+def _infer_step(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            fn()
+    return step
+
+
+def _timed(candidates: Dict[str, Callable[[], torch.Tensor]], leaves, out_shape,
+           grad: bool) -> Dict[str, Callable[[], None]]:
+    if not grad:
+        return {name: _infer_step(fn) for name, fn in candidates.items()}
+    for leaf in leaves:
+        leaf.requires_grad_()
+    upstream = calibrate.random_tensor(*out_shape, seed=9)
+    return {name: _train_step(fn, leaves, upstream) for name, fn in candidates.items()}
+
+
+def _linear_candidates(rows: int, d_in: int, d_out: int, has_bias: bool, grad: bool):
+    x = calibrate.random_tensor(rows, d_in, seed=1)
+    w = calibrate.random_tensor(d_out, d_in, seed=2, scale=d_in ** -0.5)
+    b = calibrate.random_tensor(d_out, seed=3) if has_bias else None
+    onednn = (lambda: _Linear.apply(x, w, b, None)) if grad else \
+        (lambda: _linear_forward(x, w, b, None))
+    return _timed({'onednn': onednn, 'torch': lambda: F.linear(x, w, b)},
+                  [t for t in (x, w, b) if t is not None], (rows, d_out), grad)
+
+
+def _mlp_candidates(rows: int, d_in: int, hidden: int, d_out: int, grad: bool,
+                    recompute: bool = False):
+    x = calibrate.random_tensor(rows, d_in, seed=1)
+    w1 = calibrate.random_tensor(hidden, d_in, seed=2, scale=d_in ** -0.5)
+    b1 = calibrate.random_tensor(hidden, seed=3)
+    w2 = calibrate.random_tensor(d_out, hidden, seed=4, scale=hidden ** -0.5)
+    b2 = calibrate.random_tensor(d_out, seed=5)
+    if grad:
+        def onednn():
+            return _Mlp.apply(x, w1, b1, w2, b2, None, recompute)
+    else:
+        def onednn():
+            return _linear_forward(_linear_forward(x, w1, b1, None, gelu=True), w2, b2, None)
+    return _timed({'onednn': onednn,
+                   'torch': lambda: F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)},
+                  [x, w1, b1, w2, b2], (rows, d_out), grad)
+
+
+def _prefer_onednn(kind: str, x: torch.Tensor, dims: Tuple[int, ...], grad: bool,
+                   make: Callable[..., dict], *tensors: torch.Tensor) -> bool:
+    """Whether oneDNN runs this linear/MLP: the setting if forced, else the calibrated choice."""
+    forced = kernel_settings().onednn
+    if forced is not None:
+        return forced
+    rows = calibrate.bucket(max(1, x.numel() // x.shape[-1]), calibrate.MAX_ROWS)
+    # Timed with recompute off (the default) whatever the setting: the choice, and so the
+    # exact numbers, must not depend on the memory option.
+    key = (kind, rows, *dims, 'train' if grad else 'infer')
+    return calibrate.decide(key, 'onednn', lambda: make(rows, *dims, grad), x,
+                            *tensors) == 'onednn'
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
            residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) (+ residual)``."""
-    if not usable(x, weight):
+    grad = _needs_grad(x, weight, bias, residual)
+    if not usable(x, weight) or not _prefer_onednn(
+            'linear', x, (weight.shape[1], weight.shape[0], bias is not None), grad,
+            _linear_candidates, weight):
         out = F.linear(x, weight, bias)
         return out if residual is None else out + residual
-    if _needs_grad(x, weight, bias, residual):
+    if grad:
         return _Linear.apply(x, weight, bias, residual)
     return _linear_forward(x, weight, bias, residual)
 
@@ -146,10 +220,13 @@ def mlp(x: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.Tensor],
         weight2: torch.Tensor, bias2: Optional[torch.Tensor],
         residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2) (+ residual)``."""
-    if not usable(x, weight1, weight2):
+    grad = _needs_grad(x, weight1, bias1, weight2, bias2, residual)
+    if not usable(x, weight1, weight2) or not _prefer_onednn(
+            'mlp', x, (weight1.shape[1], weight1.shape[0], weight2.shape[0]), grad,
+            _mlp_candidates, weight1, weight2):
         out = F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2)
         return out if residual is None else out + residual
-    if _needs_grad(x, weight1, bias1, weight2, bias2, residual):
+    if grad:
         return _Mlp.apply(x, weight1, bias1, weight2, bias2, residual,
                           kernel_settings().recompute)
     return _linear_forward(_linear_forward(x, weight1, bias1, None, gelu=True), weight2,
@@ -249,18 +326,51 @@ class _Attention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, grad_extra, grad_res, None, None, None, None
 
 
+def _attention_candidates(items: int, num_q: int, num_k: int, width: int, width_v: int,
+                          with_residual: bool, grad: bool, recompute: bool = False):
+    q = calibrate.random_tensor(items, num_q, width, seed=1)
+    k = calibrate.random_tensor(items, num_k, width, seed=2, scale=width ** -0.5)
+    v = calibrate.random_tensor(items, num_k, width_v, seed=3)
+    residual = calibrate.random_tensor(items, num_q, width_v, seed=4) if with_residual else None
+    leaves = [t for t in (q, k, v, residual) if t is not None]
+
+    def run(per_item: bool):
+        return lambda: _Attention.apply(q, k, v, None, residual, 1.0, 1, per_item, recompute)
+    return _timed({'per_item': run(True), 'batched': run(False)}, leaves,
+                  (items, num_q, width_v), grad)
+
+
+def per_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       residual: Optional[torch.Tensor], grad: bool) -> bool:
+    """Whether the oneDNN attention runs one product per item (else one batched bmm): by
+    ``KernelSettings.min_attention_entries`` if set, else the calibrated choice."""
+    settings = kernel_settings()
+    batch_heads, num_q, _ = q.shape
+    num_k = k.shape[1]
+    if settings.min_attention_entries is not None:
+        return num_q * num_k >= settings.min_attention_entries
+    default = 'per_item' if num_q * num_k >= calibrate.DEFAULT_MIN_ATTENTION_ENTRIES \
+        else 'batched'
+    items = calibrate.attention_items(batch_heads, num_q, num_k)
+    dims = (items, num_q, num_k, k.shape[-1], v.shape[-1], residual is not None)
+    key = ('attention', *dims, 'train' if grad else 'infer')  # timed with recompute off
+    return calibrate.decide(key, default, lambda: _attention_candidates(*dims, grad),
+                            q, k, v) == 'per_item'
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
               q_extra: Optional[torch.Tensor], residual: Optional[torch.Tensor],
               heads: int) -> torch.Tensor:
     """The oneDNN attention core; call it through ``ops.attention.attention``.
 
-    Per-item oneDNN products for items of at least ``KernelSettings.min_attention_entries``
-    entries, one batched bmm below that. Returns (B, Nq, heads * Cv).
+    Per-item oneDNN products or one batched bmm (see ``per_item_attention``).
+    Returns (B, Nq, heads * Cv).
     """
     settings = kernel_settings()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     q_extra = None if q_extra is None else q_extra.contiguous()
     residual = None if residual is None else residual.contiguous()
-    per_item = q.shape[1] * k.shape[1] >= settings.min_attention_entries
+    grad = _needs_grad(q, k, v, q_extra, residual)
+    per_item = per_item_attention(q, k, v, residual, grad)
     return _Attention.apply(q, k, v, q_extra, residual, scale, heads, per_item,
                             settings.recompute)

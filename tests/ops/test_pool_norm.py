@@ -22,11 +22,14 @@ def test_pool_then_norm_matches_the_modules(shape, stride):
     upstream = torch.randn_like(expected)
     params = [x, pool.weight, norm.weight, norm.bias]
     expected_grads = torch.autograd.grad(expected, params, upstream)
-    out = ops.pool_then_norm(x, pool, norm)
+    with ops.use_kernels(recompute=True):  # a memory option, off by default
+        out = ops.pool_then_norm(x, pool, norm)
     assert out.grad_fn.name().endswith('_PoolNormBackward')
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     for g, e in zip(torch.autograd.grad(out, params, upstream), expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    kept_by_default = ops.pool_then_norm(x, pool, norm)
+    assert not kept_by_default.grad_fn.name().endswith('_PoolNormBackward')
     with ops.use_kernels(recompute=False):  # keeps the conv output: the standard modules
         kept = ops.pool_then_norm(x, pool, norm)
     assert not kept.grad_fn.name().endswith('_PoolNormBackward')

@@ -38,8 +38,8 @@ def test_tiny_run_checks_outputs_and_reports(capsys):
                            '--iters', '1', '--warmup', '0', '--no-memory', '--threads', '1'])
     out = capsys.readouterr().out
     assert code == 0
-    assert 'max |ours - peer|' in out
-    assert out.count('ours/peer throughput') == 2  # inference and train
+    assert 'max |ours vs mmpretrain MViT(tiny)|' in out and 'max |ours vs timm' in out
+    assert out.count('fastest peer per figure') == 2  # inference and train
 
 
 def test_unknown_arch_is_named():
