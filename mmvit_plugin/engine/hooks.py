@@ -110,8 +110,8 @@ class WeightInflationHook(Hook):
                 f'{"resumed" if runner_state.resume_requested(runner) else "loaded"} weights '
                 f'({runner_state.loaded_source(runner)}); they are kept')
             return
-        inflate_into_model(mvit_model(runner.model) or runner.model, self.checkpoint, self.method, self.trusted,
-                           logger=runner.logger)
+        inflate_into_model(mvit_model(runner.model) or runner.model, self.checkpoint, self.method,
+                           self.trusted, logger=runner.logger)
         self.applied = True
 
 

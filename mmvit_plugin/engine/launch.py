@@ -148,7 +148,8 @@ def end_distributed_process() -> None:
 
 
 def apply_dataloader_defaults(cfg: Config, persistent_workers: bool = True) -> None:
-    """Fill pin_memory / persistent_workers (and mmpretrain's collate_fn) where the config leaves them unset.
+    """Fill pin_memory / persistent_workers (and mmpretrain's collate_fn) where the config leaves
+    them unset.
 
     persistent_workers is only turned on with worker processes (torch rejects it with
     num_workers=0), pin_memory only with a GPU.

@@ -54,7 +54,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 
         return out.view(B, heads, num_q, Cv).transpose(1, 2).reshape(B, num_q, heads * Cv)
     # Fused kernels want equal q/k/v widths (GPU ones a multiple of 8): zero columns change no
     # logit, and the extra output columns are dropped.
-    width = -(-max(k.shape[-1], Cv) // 8) * 8
+    width = (max(k.shape[-1], Cv) + 7) // 8 * 8  # ceil: the legacy exporter truncates -(-a // b)
 
     def heads_first(t: torch.Tensor) -> torch.Tensor:
         t = F.pad(t, (0, width - t.shape[-1]))

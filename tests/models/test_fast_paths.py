@@ -41,7 +41,8 @@ def _randomise(module, seed=0):
 # The reference class against the formula, evaluated independently in float64 ------------------
 
 def _formula(attn: PoolingAttention, x: torch.Tensor, size):
-    """MViTv2 pooling attention written out cell by cell (float64, no code shared with the model)."""
+    """MViTv2 pooling attention written out cell by cell (float64, no code shared with the
+    model)."""
     p = {name: t.detach().double() for name, t in attn.named_parameters()}
     x = x.double()
     B, N, _ = x.shape

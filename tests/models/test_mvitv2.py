@@ -249,7 +249,8 @@ def test_registered_in_both_hosts():
 # Errors ------------------------------------------------------------------------------------------
 
 def test_image_model_rejects_a_clip_and_the_reverse():
-    with pytest.raises(ValueError, match=r'image model and expects a 4-D input .*\(1, 3, 4, 64, 64\)'):
+    with pytest.raises(ValueError,
+                       match=r'image model and expects a 4-D input .*\(1, 3, 4, 64, 64\)'):
         MViTv2(TINY_IMAGE)(torch.randn(1, 3, 4, 64, 64))
     with pytest.raises(ValueError, match=r'video model and expects a 5-D input'):
         MViTv2(TINY_VIDEO)(torch.randn(1, 3, 64, 64))
@@ -348,7 +349,8 @@ def test_models_never_import_the_checkpoint_package():
                 modules = [base] + [f'{base}.{a.name}' for a in node.names]
             elif isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
-            assert not any(m.startswith('mmvit_plugin.checkpoint') or m == 'mmvit_plugin..checkpoint'
+            assert not any(m.startswith('mmvit_plugin.checkpoint')
+                           or m == 'mmvit_plugin..checkpoint'
                            or m.startswith('mmvit_plugin..checkpoint') for m in modules), \
                 f'{path.name}:{node.lineno} imports the checkpoint package'
 
