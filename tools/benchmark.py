@@ -632,7 +632,8 @@ def memory_growth(rows: Sequence[ScalingRow]) -> List[str]:
         large = max(group, key=lambda r: (r.ours_bytes, r.batch))
         ours, peer = large.ours_bytes / small.ours_bytes, large.peer_bytes / small.peer_bytes
         verdict = 'faster than' if ours > peer * 1.05 else 'no faster than'
-        out.append(f'{mode}: peak memory from {_point(small)} to {_point(large)}: ours x{ours:.1f}, '
+        out.append(f'{mode}: peak memory from {_point(small)} to {_point(large)}: '
+                   f'ours x{ours:.1f}, '
                    f'least peer x{peer:.1f} (ours grows {verdict} the peer\'s); ours/peer '
                    f'{small.ours_bytes / small.peer_bytes:.2f} -> '
                    f'{large.ours_bytes / large.peer_bytes:.2f}')

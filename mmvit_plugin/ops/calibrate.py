@@ -1,4 +1,4 @@
-"""Kernel choice from timings on the machine at hand, measured once and cached per machine and shape.
+"""Kernel choice timed on the machine at hand, once, cached per machine and shape bucket.
 
 Which of two exact kernels is faster depends on the CPU and its BLAS: PyTorch's fp32 matmul (MKL)
 runs at about half oneDNN's speed on an AMD EPYC but about as fast on an Intel Xeon, and whether

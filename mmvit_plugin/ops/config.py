@@ -1,4 +1,4 @@
-"""Kernel settings (a frozen record changed only through a context manager) and graph-capture checks."""
+"""Kernel settings (a frozen record changed through a context manager), graph-capture checks."""
 import contextlib
 import dataclasses
 from dataclasses import dataclass

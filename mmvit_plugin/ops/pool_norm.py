@@ -1,4 +1,4 @@
-"""Depthwise pooling conv followed by LayerNorm over channels, with the conv recomputed in the backward."""
+"""Depthwise pooling conv then LayerNorm over channels; the conv recomputed in the backward."""
 import torch
 import torch.nn as nn
 
