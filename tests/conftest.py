@@ -1,6 +1,15 @@
 """Fixtures shared by the whole suite."""
+import os
+import tempfile
+
 import pytest
 import torch
+
+# Kernel choices are the built-in defaults in every test and every process a test starts (no
+# timing, so runs compare bit for bit whatever the load), and no test writes to ~/.cache;
+# tests/ops/test_calibration.py turns calibration on where it tests it.
+os.environ['MMVIT_CALIBRATE'] = 'off'
+os.environ['MMVIT_CACHE_DIR'] = tempfile.mkdtemp(prefix='mmvit_test_cache_')
 
 
 @pytest.fixture

@@ -212,7 +212,7 @@ class Mlp(nn.Module):
 
 
 class FastMlp(Mlp):
-    """The same MLP through ``ops.mlp`` (oneDNN on the CPU, GELU recomputed in the backward)."""
+    """The same MLP through ``ops.mlp`` (oneDNN on the CPU; GELU recomputed with ``recompute``)."""
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         return ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
@@ -317,8 +317,8 @@ OUT_TYPES = ('featmap', 'avg_featmap', 'cls_token', 'featmap_and_cls')
 MMACTION_ARCHS = {'small': 'small-16x4', 'base': 'base-32x3', 'large': 'large-40x3'}
 
 
-def _check_args(in_channels, frozen_stages, drop_path_rate, with_cp, residual_pooling,
-                qkv_bias) -> None:
+def _check_args(in_channels, frozen_stages, drop_path_rate, with_cp, recompute,
+                residual_pooling, qkv_bias) -> None:
     def fail(name, value, want):
         raise ValueError(f'MViTv2 argument {name}={value!r}: {want}')
 
@@ -333,8 +333,8 @@ def _check_args(in_channels, frozen_stages, drop_path_rate, with_cp, residual_po
                                            and 0.0 <= drop_path_rate < 1.0):
         fail('drop_path_rate', drop_path_rate, 'must be a number in [0, 1) or None (the '
              "arch's published rate)")
-    for name, value in (('with_cp', with_cp), ('residual_pooling', residual_pooling),
-                        ('qkv_bias', qkv_bias)):
+    for name, value in (('with_cp', with_cp), ('recompute', recompute),
+                        ('residual_pooling', residual_pooling), ('qkv_bias', qkv_bias)):
         if not isinstance(value, bool):
             fail(name, value, 'must be True or False')
 
@@ -401,6 +401,9 @@ class MViTv2(BaseModule):
         frozen_stages: -1 (nothing), 0 (the patch embedding) or n in 1..4 (the patch embedding
             and the first n stages) are frozen.
         with_cp: activation checkpointing of every block while training.
+        recompute: the fast paths keep less for the backward (attention probabilities, GELU
+            output, pooling conv output) and recompute it there: less training memory for
+            some speed (``ops.use_kernels(recompute=True)`` for this model's forward).
         attn_impl: one of ``ATTN_IMPLS``: 'plain' builds the reference classes
             (``PoolingAttention``, ``Mlp``: a materialised bias, standard layers; slow); the
             others build the fast ones (``FastPoolingAttention``, ``FastMlp``) with that
@@ -427,6 +430,7 @@ class MViTv2(BaseModule):
                  drop_path_rate: Optional[float] = None,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 recompute: bool = False,
                  attn_impl: str = 'auto',
                  residual_pooling: bool = True,
                  qkv_bias: bool = True,
@@ -435,8 +439,8 @@ class MViTv2(BaseModule):
                  out_scales: Optional[Union[int, Sequence[int]]] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        _check_args(in_channels, frozen_stages, drop_path_rate, with_cp, residual_pooling,
-                    qkv_bias)
+        _check_args(in_channels, frozen_stages, drop_path_rate, with_cp, recompute,
+                    residual_pooling, qkv_bias)
         _classes(attn_impl)  # validates the name before anything is built
         self.arch, img_size = _arch_from_args(arch, img_size, spatial_size, temporal_size)
         self.video = self.arch.video
@@ -458,6 +462,7 @@ class MViTv2(BaseModule):
         self.out_indices = self._normalise_out_indices(out_indices)
         self.frozen_stages = frozen_stages
         self.with_cp = with_cp
+        self.recompute = recompute
         self.attn_impl = attn_impl
         drop_path_rate = self.arch.drop_path_rate if drop_path_rate is None else drop_path_rate
 
@@ -607,6 +612,9 @@ class MViTv2(BaseModule):
         return featmap
 
     def forward(self, x: torch.Tensor) -> tuple:
+        if self.recompute and not ops.kernel_settings().recompute:
+            with ops.use_kernels(recompute=True):
+                return self.forward(x)
         self._check_input(x)
         x, size = self.patch_embed(x)
         if self.with_cls_token:

@@ -12,8 +12,9 @@ thread count) and reused by every later process on that machine.
 The cache dir is ``$MMVIT_CACHE_DIR`` or ``~/.cache/mmvit``. ``$MMVIT_CALIBRATE`` (or
 ``use_kernels(calibration=...)``, which takes precedence) is one of:
 
-- ``on`` (default): use the cached choice, measure a missing one (and one timed while the
-  machine was much busier than it is now, see ``worth_remeasuring``);
+- ``on`` (default): use the cached choice, measure a missing one. A cached choice is never
+  replaced silently (a resumed run must pick the kernels its first part picked, or it would not
+  be bit-identical): measure again with ``force``;
 - ``off``: measure nothing, use the built-in defaults (oneDNN, per-item attention for items of
   at least ``DEFAULT_MIN_ATTENTION_ENTRIES`` entries);
 - ``force``: measure every bucket again once in this process and overwrite the cache.
@@ -231,19 +232,6 @@ def time_candidates(candidates: Mapping[str, Callable[[], None]], repeats: int =
     return times
 
 
-def worth_remeasuring(measured_load: Optional[float], load_now: Optional[float],
-                      cpus: int) -> bool:
-    """Whether a cached choice was timed on a much busier machine than now: more runnable
-    processes than 1.5x the cores then, and under half that load now."""
-    if measured_load is None or load_now is None:
-        return False
-    return measured_load > 1.5 * cpus and load_now < measured_load / 2
-
-
-def _load() -> Optional[float]:
-    return os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
-
-
 def decide(key: Key, default: str, make_candidates: Callable[[], Mapping[str, Callable]],
            *tensors: torch.Tensor) -> str:
     """The kernel for ``key``: from this process's memory, the cache file, or a measurement.
@@ -262,8 +250,7 @@ def decide(key: Key, default: str, make_candidates: Callable[[], Mapping[str, Ca
             return _memo[memo_key]
         if mode == 'on':
             found = _cached(machine, text)
-            if found is not None and not worth_remeasuring(
-                    (found.get('load') or [None])[0], _load(), os.cpu_count() or 1):
+            if found is not None:
                 _memo[memo_key] = found['choice']
                 return found['choice']
     if not measuring_allowed(*tensors):

@@ -1,14 +1,12 @@
 """timm's ``mvitv2_tiny`` weights reach our backbone through the converter and give the same
 features (timm's ``forward_features``: the normed tokens of the last stage)."""
-import pytest
+import timm
 import torch
 from helpers import randomise
 
 import mmvit_plugin  # noqa: F401
 from mmvit_plugin.checkpoint import detect_format, from_canonical, to_canonical
 from mmvit_plugin.models.mvitv2 import MViTv2
-
-timm = pytest.importorskip('timm')
 
 
 def test_timm_mvitv2_tiny_weights_give_the_same_features():

@@ -4,6 +4,7 @@ import math
 import warnings
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -13,9 +14,6 @@ from mmvit_plugin.core.rel_pos import (
     rel_pos_table_length,
 )
 from mmvit_plugin.models.mvitv2 import MViTv2
-
-ort = pytest.importorskip('onnxruntime')
-pytest.importorskip('onnxscript')
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 

@@ -5,9 +5,6 @@ import pytest
 import torch
 from helpers import CONFIGS, load_tool, write_payload_checkpoint
 
-pytest.importorskip('onnxruntime')
-pytest.importorskip('onnxscript')
-
 pytestmark = pytest.mark.usefixtures('single_thread')
 
 MICRO = "dict(_delete_=True, embed_dim=8, depth=4, num_heads=1, stage_starts=(1, 2, 3), {})"
