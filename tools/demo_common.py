@@ -5,6 +5,7 @@ Used by tools/demo_video.py, tools/demo_stream.py, tools/demo_long_video.py and
 tools/demo_image.py. Nothing here keeps more than the frames it is handed.
 """
 import argparse
+import copy
 import logging
 import os
 import os.path as osp
@@ -99,7 +100,10 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
 
 
 def config_scope(cfg: Config) -> str:
-    return cfg.get('default_scope', 'mmaction')
+    """The host of a config: its default scope, else mmaction2 for a Recognizer3D."""
+    if cfg.get('default_scope'):
+        return cfg.default_scope
+    return 'mmaction' if cfg.model.get('type') == 'Recognizer3D' else 'mmpretrain'
 
 
 def is_video_config(cfg: Config) -> bool:
@@ -237,7 +241,7 @@ def scores_of(result) -> torch.Tensor:
 
 def test_pipeline_of(cfg: Config) -> list:
     pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
-    return [dict(step) for step in pipeline]
+    return [copy.deepcopy(dict(step)) for step in pipeline]
 
 
 class FramesToClip:

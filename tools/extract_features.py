@@ -37,7 +37,7 @@ import os.path as osp
 import pickle
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2  # noqa: F401  (before decord: decord first breaks cv2's PNG reading)
 import numpy as np
@@ -50,6 +50,15 @@ from mmengine.registry import init_default_scope
 import mmvit_plugin  # noqa: F401  (registers the plugin)
 from mmvit_plugin.checkpoint import load_checkpoint_file
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from demo_common import DemoError as ToolError  # noqa: E402  (one error type for the tools)
+from demo_common import (  # noqa: E402
+    config_scope,
+    is_video_config,
+    load_config,
+    test_pipeline_of,
+)
+
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 VIDEO_EXTS = ('.mp4', '.avi', '.mkv', '.mov', '.webm', '.m4v', '.mpg', '.mpeg', '.flv')
 LIST_EXTS = ('.txt', '.list', '.lst')
@@ -59,33 +68,7 @@ CROP_STEPS = ('CenterCrop', 'ThreeCrop', 'TenCrop')
 INDEX = 'index.pkl'
 
 
-class ToolError(RuntimeError):
-    """Bad input to the tool: the message names the argument, file or setting and the fix."""
-
-
 # Config and model -------------------------------------------------------------------------
-
-def load_config(path: str, options: Optional[dict] = None) -> Config:
-    if not osp.isfile(path):
-        raise ToolError(f'config {path!r} does not exist')
-    cfg = Config.fromfile(path)
-    if options:
-        cfg.merge_from_dict(options)
-    return cfg
-
-
-def is_video_config(cfg: Config) -> bool:
-    return cfg.model.get('type') == 'Recognizer3D' or cfg.get('default_scope') == 'mmaction'
-
-
-def scope_of(cfg: Config) -> str:
-    return cfg.get('default_scope') or ('mmaction' if is_video_config(cfg) else 'mmpretrain')
-
-
-def test_pipeline_of(cfg: Config) -> List[dict]:
-    pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.pipeline
-    return [copy.deepcopy(dict(step)) for step in pipeline]
-
 
 def read_state_dict(checkpoint: str, trusted: bool) -> Dict[str, torch.Tensor]:
     """The model weights of an mmengine checkpoint (or a bare state dict), read weights-only
@@ -112,7 +95,7 @@ def build_model(cfg: Config, checkpoint: str, device: str = 'cpu', trusted: bool
     added to or removed from the config): the model's stay at their initial values when the
     checkpoint lacks them, the checkpoint's are left out when the model has no such module.
     """
-    scope = scope_of(cfg)
+    scope = config_scope(cfg)
     init_default_scope(scope)
     registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
     model_cfg = copy.deepcopy(cfg.model)
