@@ -117,20 +117,8 @@ def step(index: int, total: int, text: str) -> None:
 
 
 def build_model_from_config(config_path: str) -> torch.nn.Module:
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    cfg = Config.fromfile(config_path)
-    # Batch mixing (Mixup/CutMix) holds no weights; leaving it out keeps the build light.
-    cfg.model.pop('train_cfg', None)
-    if isinstance(cfg.model.get('data_preprocessor'), dict):
-        cfg.model.data_preprocessor.pop('blending', None)
-    video = cfg.model.get('type') == 'Recognizer3D'
-    scope = cfg.get('default_scope') or ('mmaction' if video else 'mmpretrain')
-    init_default_scope(scope)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    model = registry.build(cfg.model)
-    model.eval()
-    return model
+    from mmvit_plugin.apis import build_config_model
+    return build_config_model(config_path).eval()
 
 
 def convert(args: argparse.Namespace) -> str:

@@ -21,6 +21,8 @@ from mmengine.dataset import Compose, pseudo_collate
 from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
+from mmvit_plugin.apis import build_config_model, config_scope
+
 KINETICS400 = 'kinetics400'
 IMAGENET1K = 'imagenet1k'
 VIDEO_EXTENSIONS = {'.mp4': 'mp4v', '.avi': 'MJPG'}  # OpenCV fourcc per output container
@@ -99,13 +101,6 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     return cfg
 
 
-def config_scope(cfg: Config) -> str:
-    """The host of a config: its default scope, else mmaction2 for a Recognizer3D."""
-    if cfg.get('default_scope'):
-        return cfg.default_scope
-    return 'mmaction' if cfg.model.get('type') == 'Recognizer3D' else 'mmpretrain'
-
-
 def is_video_config(cfg: Config) -> bool:
     return config_scope(cfg) == 'mmaction'
 
@@ -126,16 +121,7 @@ def build_model(cfg: Config, checkpoint: str, device: str, trusted: bool = False
 
     if not osp.isfile(checkpoint):
         raise DemoError(f'checkpoint {checkpoint!r} does not exist')
-    scope = config_scope(cfg)
-    init_default_scope(scope)
-    if scope == 'mmaction':
-        from mmaction.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    model_cfg = cfg.model.copy()
-    if 'data_preprocessor' in cfg and 'data_preprocessor' not in model_cfg:
-        model_cfg['data_preprocessor'] = cfg.data_preprocessor  # as the hosts' runners do
-    model = MODELS.build(model_cfg)
+    model = build_config_model(cfg)
     trust = trusted_checkpoints(osp.abspath(checkpoint)) if trusted else nullcontext()
     try:
         with trust:

@@ -45,15 +45,14 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.dataset import Compose
 from mmengine.logging import MMLogger
-from mmengine.registry import init_default_scope
 
 import mmvit_plugin  # noqa: F401  (registers the plugin)
+from mmvit_plugin.apis import build_config_model
 from mmvit_plugin.checkpoint import load_checkpoint_file
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from demo_common import DemoError as ToolError  # noqa: E402  (one error type for the tools)
 from demo_common import (  # noqa: E402
-    config_scope,
     is_video_config,
     load_config,
     test_pipeline_of,
@@ -95,16 +94,7 @@ def build_model(cfg: Config, checkpoint: str, device: str = 'cpu', trusted: bool
     added to or removed from the config): the model's stay at their initial values when the
     checkpoint lacks them, the checkpoint's are left out when the model has no such module.
     """
-    scope = config_scope(cfg)
-    init_default_scope(scope)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.pop('train_cfg', None)  # batch mixing holds no weights
-    if isinstance(model_cfg.get('data_preprocessor'), dict):
-        model_cfg.data_preprocessor.pop('blending', None)
-    elif 'data_preprocessor' in cfg:
-        model_cfg['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
-    model = registry.build(model_cfg)
+    model = build_config_model(cfg)
     state = read_state_dict(checkpoint, trusted)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = REPO / 'configs' / '_base_' / 'models'
@@ -41,13 +40,9 @@ class _BackboneAndHead(nn.Module):
 
 
 def build_model(config: Path) -> Tuple[nn.Module, bool]:
-    import mmvit_plugin  # noqa: F401  (registers MViTv2)
+    from mmvit_plugin.apis import build_config_model, config_scope
     cfg = Config.fromfile(str(config))
-    video = cfg.model.type == 'Recognizer3D'
-    scope = cfg.get('default_scope', 'mmaction' if video else 'mmpretrain')
-    init_default_scope(scope)
-    registry = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-    return registry.build(cfg.model), video
+    return build_config_model(cfg), config_scope(cfg) == 'mmaction'
 
 
 def measure(config: Path, shape: Optional[Sequence[int]] = None) -> Tuple[int, float, tuple]:

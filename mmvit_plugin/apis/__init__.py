@@ -1,5 +1,6 @@
-"""mmengine glue for users: the model index, the one-setting classifier builder, inference."""
+"""mmengine glue for users: model index, one-setting classifier builder, config models."""
 from . import num_classes  # noqa: F401  (registers SyncedImageClassifier)
+from .config_model import build_config_model, config_scope
 from .model_index import config_and_weights, model_names, register_model_index
 
 register_model_index()
@@ -12,5 +13,5 @@ def __getattr__(attr: str):
     raise AttributeError(f'module {__name__!r} has no attribute {attr!r}')
 
 
-__all__ = ['MViTv2ActionRecogInferencer', 'config_and_weights', 'model_names',
-           'register_model_index']
+__all__ = ['MViTv2ActionRecogInferencer', 'build_config_model', 'config_and_weights',
+           'config_scope', 'model_names', 'register_model_index']

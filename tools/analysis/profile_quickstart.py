@@ -160,17 +160,12 @@ def time_runner(cfg: Config, iters: int, warmup: int) -> Dict[str, List[float]]:
         shutil.rmtree(run.work_dir, ignore_errors=True)
 
 
-def build_model_and_optim(cfg: Config, scope: str):
-    if scope == 'mmaction':
-        from mmaction.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
+def build_model_and_optim(cfg: Config):
     from mmengine.optim import build_optim_wrapper
-    model_cfg = cfg.model.copy()
-    if 'data_preprocessor' in cfg and 'data_preprocessor' not in model_cfg:
-        model_cfg['data_preprocessor'] = cfg.data_preprocessor
+
+    from mmvit_plugin.apis import build_config_model
     torch.manual_seed(0)
-    model = MODELS.build(model_cfg)
+    model = build_config_model(cfg, for_training=True)
     model.init_weights()
     model.train()
     return model, build_optim_wrapper(model, cfg.optim_wrapper)
@@ -185,7 +180,7 @@ def time_model(cfg: Config, scope: str, iters: int, warmup: int,
     """Seconds of each part of the model step on ``warmup + iters`` batches in memory, per
     kernel setting (a model and optimizer each, same initial weights); the settings take
     turns step by step, so a change in the machine's load hits them alike."""
-    runs = {label: build_model_and_optim(cfg, scope) for label in settings}
+    runs = {label: build_model_and_optim(cfg) for label in settings}
     loader = Runner.build_dataloader(dict(cfg.train_dataloader, num_workers=0,
                                           persistent_workers=False), seed=0)
     batches, it = [], iter(loader)
@@ -217,7 +212,7 @@ def time_model(cfg: Config, scope: str, iters: int, warmup: int,
 
 def profile_model(cfg: Config, scope: str, steps: int, rows: int = 15) -> str:
     from torch.profiler import ProfilerActivity, profile
-    model, optim = build_model_and_optim(cfg, scope)
+    model, optim = build_model_and_optim(cfg)
     loader = Runner.build_dataloader(dict(cfg.train_dataloader, num_workers=0,
                                           persistent_workers=False), seed=0)
     batch = next(iter(loader))
