@@ -68,7 +68,7 @@ def check_image_header(path: str) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _preserved_random_state():
+def preserved_random_state():
     """Run random transforms without moving the random streams that training replays."""
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), \
         torch.random.get_rng_state()
@@ -175,7 +175,7 @@ class ImageClassFolder(CustomDataset):
         image = _blank_image(size)
         sample = dict(img=image, img_shape=image.shape[:2], ori_shape=image.shape[:2],
                       gt_label=0, img_path=f'<blank {size[0]}x{size[1]} image>')
-        with _preserved_random_state():
+        with preserved_random_state():
             for transform in self._after_loading():
                 sample = transform(sample)
                 if sample is None:

@@ -32,7 +32,7 @@ from mmengine.registry import DefaultScope
 
 from ..registry import register_dataset
 from .class_folders import DatasetLayoutError, describe, scan_split, training_classes
-from .image_folder import _preserved_random_state as preserved_random_state
+from .image_folder import preserved_random_state
 from .video_probe import ProbeResult, probe_video, probe_videos
 
 VIDEO_EXTENSIONS: Tuple[str, ...] = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg',

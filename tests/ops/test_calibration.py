@@ -71,14 +71,17 @@ class Counting:
         return {'slow': lambda: None, 'fast': lambda: None}
 
 
-@pytest.fixture
-def fake_timer(monkeypatch):
-    """time_candidates returns 1 ms for 'fast'/'torch'/'batched' and 3 ms for the others."""
-    quick = {'fast', 'torch', 'batched'}
-
+def time_as_if_fastest(monkeypatch, *quick: str) -> None:
+    """time_candidates returns 1 ms for the ``quick`` candidates and 3 ms for the others."""
     def fake(candidates, repeats=calibrate.REPEATS):
         return {name: [1e-3 if name in quick else 3e-3] * repeats for name in candidates}
     monkeypatch.setattr(calibrate, 'time_candidates', fake)
+
+
+@pytest.fixture
+def fake_timer(monkeypatch):
+    """time_candidates returns 1 ms for 'fast'/'torch'/'batched' and 3 ms for the others."""
+    time_as_if_fastest(monkeypatch, 'fast', 'torch', 'batched')
 
 
 def test_decide_measures_once_per_machine_and_key_and_caches_in_a_file(fake_timer):
@@ -143,9 +146,7 @@ def test_nothing_is_measured_while_ops_are_recorded(fake_timer):
 @needs_onednn
 @pytest.mark.parametrize('faster', ['torch', 'onednn'])
 def test_linear_and_mlp_follow_the_calibrated_choice_and_match(monkeypatch, faster):
-    def fake(candidates, repeats=calibrate.REPEATS):
-        return {name: [1e-3 if name == faster else 3e-3] for name in candidates}
-    monkeypatch.setattr(calibrate, 'time_candidates', fake)
+    time_as_if_fastest(monkeypatch, faster)
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(s, generator=gen).requires_grad_() for s in ((3, 9, 8), (6, 8), (6,)))
     w2, b2 = (torch.randn(s, generator=gen).requires_grad_() for s in ((8, 6), (8,)))
@@ -170,9 +171,7 @@ def test_linear_and_mlp_follow_the_calibrated_choice_and_match(monkeypatch, fast
 @needs_onednn
 @pytest.mark.parametrize('faster', ['per_item', 'batched'])
 def test_attention_follows_the_calibrated_choice_and_matches(monkeypatch, faster):
-    def fake(candidates, repeats=calibrate.REPEATS):
-        return {name: [1e-3 if name == faster else 3e-3] for name in candidates}
-    monkeypatch.setattr(calibrate, 'time_candidates', fake)
+    time_as_if_fastest(monkeypatch, faster)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(s, generator=gen).requires_grad_() for s in
                ((4, 10, 6), (4, 7, 6), (4, 7, 5)))
