@@ -1,5 +1,7 @@
 """Fixtures shared by the whole suite."""
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 # tests/ops/test_calibration.py turns calibration on where it tests it.
 os.environ['MMVIT_CALIBRATE'] = 'off'
 os.environ['MMVIT_CACHE_DIR'] = tempfile.mkdtemp(prefix='mmvit_test_cache_')
+atexit.register(shutil.rmtree, os.environ['MMVIT_CACHE_DIR'], ignore_errors=True)
 
 
 @pytest.fixture
