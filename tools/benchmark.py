@@ -776,9 +776,28 @@ def _cpu_name() -> str:
     return calibrate.cpu_model()
 
 
+def cpu_times() -> Optional[List[int]]:
+    """The machine's cumulative CPU times (/proc/stat jiffies: user ... steal), or None."""
+    try:
+        with open('/proc/stat') as stat:
+            return [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(start: Optional[List[int]], end: Optional[List[int]]) -> Optional[float]:
+    """Share of CPU time the hypervisor gave to other guests between two ``cpu_times``
+    (a virtual machine's cores run slower by about this much, whatever the load says)."""
+    if not start or not end or len(start) < 8 or len(end) < 8:
+        return None
+    spent = [b - a for a, b in zip(start, end)]
+    return spent[7] / sum(spent) if sum(spent) > 0 else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     load_at_start = os.getloadavg() if hasattr(os, 'getloadavg') else None
+    times_at_start = cpu_times()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
@@ -802,8 +821,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if device.type == 'cpu':
             print(describe_kernels())
     if device.type == 'cpu' and hasattr(os, 'getloadavg'):
+        steal = steal_share(times_at_start, cpu_times())
         print(f'\nload average (1, 5, 15 min) at the end: {os.getloadavg()}; at the start: '
-              f'{load_at_start}')
+              f'{load_at_start}' + ('' if steal is None else
+                                    f'; CPU steal (hypervisor) during the run {steal:.0%}'))
     return code
 
 
