@@ -6,13 +6,15 @@
 
 Exports backbone + head (logits; the data preprocessor's normalisation is not included, as in
 tools/get_flops.py) to OUT_DIR: ``model.onnx`` (static shapes), ``model_dynamic_batch.onnx``,
-``model_dynamic_hw.onnx`` (dynamic batch, height and width, where the exporter allows it; a
-clear refusal otherwise) and ``model_traced.pt`` (TorchScript by tracing). Each file is run
-(onnxruntime / torch.jit.load) on random inputs and compared with the PyTorch model: dynamic
-files also at a second batch or size. Prints the max abs difference per export and PASS/FAIL
-at --tolerance (1e-4, fp32); exits non-zero if any export fails. ONNX uses the dynamo exporter
-(``torch.onnx.export(dynamo=True)``; needs onnx, onnxscript and onnxruntime). Without
---checkpoint the weights are random (seeded), which tests the graph just as well.
+``model_dynamic_hw.onnx`` (dynamic batch, height and width: any side from the arch's total
+stride + 1, so that every stage keeps at least 2 cells, up to 4096; a clear refusal where the
+exporter cannot keep them symbolic) and ``model_traced.pt`` (TorchScript by tracing). Each
+file is run (onnxruntime / torch.jit.load) on random inputs and compared with the PyTorch
+model: dynamic files also at other batches or sizes. Prints the max abs difference per export
+and PASS/FAIL at --tolerance (1e-4, fp32); exits non-zero if any export fails. ONNX uses the
+dynamo exporter (``torch.onnx.export(dynamo=True)``; needs onnx, onnxscript and
+onnxruntime). Without --checkpoint the weights are random (seeded), which tests the graph just
+as well.
 """
 import argparse
 import logging
@@ -93,14 +95,18 @@ def build_exportable(config: str, checkpoint: Optional[str] = None, trusted: boo
     return _BackboneAndHead(model).eval(), backbone
 
 
-def second_input_shape(shape: Sequence[int], fmt: str, backbone: nn.Module) -> Tuple[int, ...]:
-    """Another valid input shape for a dynamic export: one more item, or (dynamic H/W) each
-    spatial side grown by the coarsest stride, so every stage's grid changes."""
+def other_input_shapes(shape: Sequence[int], fmt: str,
+                       backbone: nn.Module) -> List[Tuple[int, ...]]:
+    """More valid input shapes for a dynamic export: one more item, or (dynamic H/W) each
+    spatial side grown by the coarsest stride, so every stage's grid changes, and a
+    non-square size that no stride divides (pooled grids of uneven ratios)."""
     shape = tuple(shape)
     if fmt == 'onnx-dynamic-batch':
-        return (shape[0] + 1,) + shape[1:]
+        return [(shape[0] + 1,) + shape[1:]]
     stride = [p * q for p, q in zip(backbone.arch.patch_stride, _total_q_stride(backbone))]
-    return shape[:-2] + tuple(side + step for side, step in zip(shape[-2:], stride[-2:]))
+    (height, width), (step_h, step_w) = shape[-2:], stride[-2:]
+    return [shape[:-2] + (height + step_h, width + step_w),
+            shape[:-2] + (height + step_h // 2 + 1, width)]
 
 
 def _total_q_stride(backbone: nn.Module) -> List[int]:
@@ -112,14 +118,21 @@ def _total_q_stride(backbone: nn.Module) -> List[int]:
 
 # Exports -------------------------------------------------------------------------------------
 
-def _dynamic_shapes(fmt: str, video: bool) -> Optional[dict]:
+def min_dynamic_side(backbone: nn.Module) -> Tuple[int, int]:
+    """Smallest height and width a dynamic-H/W export accepts: the last stage keeps at least
+    2 cells (torch.export fixes any size that is 1 in a shape it traces)."""
+    return tuple(factor + 1 for factor in backbone.arch.reduction[-2:])
+
+
+def _dynamic_shapes(fmt: str, backbone: nn.Module) -> Optional[dict]:
     if fmt == 'onnx':
         return None
     dims = {0: torch.export.Dim('batch', min=1, max=1024)}
     if fmt == 'onnx-dynamic-hw':
-        first = 3 if video else 2
-        dims[first] = torch.export.Dim('height', min=32, max=4096)
-        dims[first + 1] = torch.export.Dim('width', min=32, max=4096)
+        first = 3 if backbone.video else 2
+        min_h, min_w = min_dynamic_side(backbone)
+        dims[first] = torch.export.Dim('height', min=min_h, max=4096)
+        dims[first + 1] = torch.export.Dim('width', min=min_w, max=4096)
     return {'x': dims}
 
 
@@ -134,17 +147,14 @@ def _check_dynamic_hw(module: nn.Module, x: torch.Tensor, dynamic_shapes: dict) 
         first = next((line.strip() for line in str(error).splitlines()
                       if 'Not all values' in line), str(error).splitlines()[0])
         raise ExportRefused(
-            'dynamic height/width cannot be exported: torch.export specialises H and W '
-            'because the relative-position tables are resized and indexed per grid size in '
-            'Python (mmvit_plugin/core/rel_pos.py: a table is interpolated only when its '
-            'length differs, index scales compare the query and key grids), which become '
-            f'guards on the input size ({first[:200]}...). Export one ONNX file per input '
-            'size with --shape (static or dynamic batch).') from None
+            'dynamic height/width cannot be exported for this model: torch.export cannot keep '
+            f'H and W symbolic ({first[:300]}...). Export one ONNX file per input size with '
+            '--shape (static or dynamic batch).') from None
 
 
-def export_onnx(module: nn.Module, x: torch.Tensor, path: str, fmt: str, video: bool,
+def export_onnx(module: nn.Module, x: torch.Tensor, path: str, fmt: str, backbone: nn.Module,
                 opset: int = DEFAULT_OPSET) -> None:
-    dynamic_shapes = _dynamic_shapes(fmt, video)
+    dynamic_shapes = _dynamic_shapes(fmt, backbone)
     if fmt == 'onnx-dynamic-hw':
         _check_dynamic_hw(module, x, dynamic_shapes)
     with torch.no_grad(), warnings.catch_warnings():
@@ -215,16 +225,22 @@ def export_and_check(module: nn.Module, backbone: nn.Module, shape: Sequence[int
     example, shapes = shape, [shape]
     if fmt in ('onnx-dynamic-batch', 'onnx-dynamic-hw'):
         # torch.export specialises a dim whose example is 1, so a dynamic batch is traced
-        # with at least 2 items (and checked at the requested batch and at one more).
+        # with at least 2 items (and checked at the requested batch and at one more), and
+        # dynamic sides with at least 2 cells in the last stage.
         example = (max(shape[0], 2),) + shape[1:]
-        shapes.append(second_input_shape(example, fmt, backbone))
+        if fmt == 'onnx-dynamic-hw':
+            smallest = min_dynamic_side(backbone)
+            example = example[:-2] + tuple(max(s, m) for s, m in zip(example[-2:], smallest))
+            shapes = [s for s in shapes if all(a >= m for a, m in zip(s[-2:], smallest))]
+            shapes.append(example)
+        shapes = list(dict.fromkeys(shapes + other_input_shapes(example, fmt, backbone)))
     x = torch.randn(example, generator=gen)
     try:
         if fmt == 'torchscript':
             export_torchscript(module, x, path)
             run = torchscript_runner(path)
         else:
-            export_onnx(module, x, path, fmt, backbone.video, opset)
+            export_onnx(module, x, path, fmt, backbone, opset)
             run = onnx_runner(path, fmt, backbone.video)
         diff = max_abs_diff(module, run, shapes, seed)
     except ExportRefused as why:

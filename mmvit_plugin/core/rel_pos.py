@@ -14,14 +14,27 @@ import torch.nn.functional as F
 Size = Tuple[int, ...]
 
 
+def _size_max(a, b):
+    """max(a, b) for sizes; on export's symbolic sizes without comparing them (a comparison
+    is a guard that fixes the input size). Tracing's tensor sizes take max() as before."""
+    symbolic = (torch.SymInt, torch.SymFloat)
+    return torch.sym_max(a, b) if isinstance(a, symbolic) or isinstance(b, symbolic) \
+        else max(a, b)
+
+
 def rel_pos_table_length(q_size: int, k_size: int) -> int:
     """Number of distinct offsets between a q-cell and a k-cell grid."""
-    return 2 * max(q_size, k_size) - 1
+    return 2 * _size_max(q_size, k_size) - 1
 
 
 def resize_rel_pos_table(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linearly interpolate a (L, C) table to (length, C); unchanged when L already fits."""
-    if table.shape[0] == length:
+    """Linearly interpolate a (L, C) table to (length, C); unchanged when L already fits.
+
+    A symbolic ``length`` (export with dynamic height/width) always goes through the
+    interpolation: comparing it with L would fix the input size, and at equal lengths the
+    linear interpolation is the identity (every weight 1 or 0).
+    """
+    if type(length) is int and table.shape[0] == length:
         return table
     resized = F.interpolate(table.t().unsqueeze(0), size=length, mode='linear')
     return resized.squeeze(0).t()
@@ -59,8 +72,8 @@ def _cached_rel_pos_index(q_size: int, k_size: int, device: torch.device) -> tor
 
 
 def _rel_pos_index(q_size: int, k_size: int, device: torch.device) -> torch.Tensor:
-    q_scale = max(k_size / q_size, 1.0)
-    k_scale = max(q_size / k_size, 1.0)
+    q_scale = _size_max(k_size / q_size, 1.0)
+    k_scale = _size_max(q_size / k_size, 1.0)
     # float32 on purpose: the official index rounds exactly like this for non-integer ratios.
     q_pos = torch.arange(q_size, device=device, dtype=torch.float32)[:, None] * q_scale
     k_pos = torch.arange(k_size, device=device, dtype=torch.float32)[None, :] * k_scale
@@ -88,7 +101,9 @@ def decomposed_rel_pos_bias(q: torch.Tensor, q_size: Size, k_size: Size,
     """
     B, heads, _, C = q.shape
     ndim = len(q_size)
-    q_grid = q.reshape(B * heads, *q_size, C)
+    # Two steps: merging the heads and unfolding the grid in one reshape is a divisibility
+    # guard on export's symbolic sizes.
+    q_grid = q.reshape(B * heads, -1, C).unflatten(1, q_size)
     bias = None
     for axis, table in enumerate(tables):
         pos = gather_rel_pos(table, q_size[axis], k_size[axis]).to(q.dtype)  # (qa, ka, C)
@@ -100,8 +115,9 @@ def decomposed_rel_pos_bias(q: torch.Tensor, q_size: Size, k_size: Size,
         # Reshape-MatMul-Reshape rewrite (the dynamo ONNX exporter's default optimiser)
         # otherwise drops that reshape whenever an unrelated grid side equals q_size[axis]
         # (the shapes still broadcast), giving wrong numbers. Same values reach bmm either way.
+        # Sizes spelled out (no -1): inferring one is a divisibility guard on symbolic sizes.
         q_axis_first = (q_grid.reshape(before, q_size[axis], after * C).transpose(0, 1)
-                        .reshape(q_size[axis], -1, C))
+                        .reshape(q_size[axis], before * after, C))
         term = torch.bmm(q_axis_first, pos.transpose(1, 2))  # (qa, rest, ka)
         rest = [B * heads] + [s for a, s in enumerate(q_size) if a != axis]
         term = term.reshape(q_size[axis], *rest, k_size[axis]).movedim(0, axis + 1)
@@ -134,7 +150,7 @@ def rel_pos_query_terms(q: torch.Tensor, q_size: Size, k_size: Size,
         pos = gather_rel_pos(table, q_size[axis], k_size[axis]).to(q.dtype)  # (qa, ka, C)
         before = BH * math.prod(q_size[:axis])
         after = math.prod(q_size[axis + 1:])
-        if after == 1:
+        if type(after) is int and after == 1:  # (a symbolic side is never compared: export)
             # Last axis: one GEMM per coordinate on a strided view of q (no copy).
             rows = q.reshape(before, q_size[axis], C).transpose(0, 1)
             term = torch.bmm(rows, pos.transpose(1, 2)).transpose(0, 1)
@@ -160,7 +176,8 @@ def _build_key_coordinate_indicator(k_size: Size, leading_zero_rows: int,
         shape = [1] * ndim
         shape[axis] = side
         coord = torch.arange(side, device=device).view(shape).expand(k_size).reshape(-1)
-        blocks.append(F.one_hot(coord, side))
+        # A comparison, not F.one_hot: one_hot checks the values, which export cannot trace.
+        blocks.append(coord[:, None] == torch.arange(side, device=device))
     indicator = torch.cat(blocks, dim=1).float()
     return F.pad(indicator, (0, 0, leading_zero_rows, 0))
 

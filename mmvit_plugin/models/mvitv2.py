@@ -106,8 +106,10 @@ class PoolingAttention(nn.Module):
     def _pool(self, x: torch.Tensor, pool: nn.Module, norm: nn.Module,
               size: Size) -> Tuple[torch.Tensor, Size]:
         cls_tok, x = _split_cls(x, self.with_cls_token, dim=2)
-        B, heads, _, C = x.shape
-        x = pool(_channels_first(x.reshape(B * heads, *size, C)))
+        B, heads, N, C = x.shape
+        # Heads merged before the grid is unfolded: both in one reshape is a divisibility
+        # guard on export's symbolic sizes (which fixes the input size).
+        x = pool(_channels_first(x.reshape(B * heads, N, C).unflatten(1, size)))
         pooled_size = tuple(x.shape[2:])
         x = x.flatten(2).transpose(1, 2).reshape(B, heads, -1, C)
         if cls_tok is not None:

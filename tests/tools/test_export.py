@@ -32,23 +32,23 @@ def _rows(output: str) -> dict:
 
 
 def test_image_model_every_format(tmp_path, capsys):
-    """Static and dynamic batch ONNX and TorchScript pass at 1e-4 (the dynamic file at a
-    second batch too, although the requested batch is 1, which torch.export would specialise);
-    dynamic H/W is refused with the reason, not silently made static."""
+    """Static, dynamic batch and dynamic H/W ONNX and TorchScript pass at 1e-4: the dynamic
+    batch file at a second batch too (the requested batch is 1, which torch.export would
+    specialise), the dynamic H/W file at larger and non-square sizes no stride divides (it
+    was refused before: the relative-position tables fixed the input size)."""
     out_dir = tmp_path / 'out'
     code = load_tool('tools/export.py').main(
         [_micro_config(tmp_path, video=False), '--out-dir', str(out_dir)])
     output = capsys.readouterr().out
     rows = _rows(output)
     assert code == 0, output
-    for fmt in ('onnx', 'onnx-dynamic-batch', 'torchscript'):
+    for fmt in ('onnx', 'onnx-dynamic-batch', 'onnx-dynamic-hw', 'torchscript'):
         assert rows[fmt][1] == 'PASS', output
         assert float(rows[fmt][5]) <= 1e-4
     assert '1x3x64x64, 3x3x64x64' in output  # the dynamic-batch file ran at two batches
-    assert rows['onnx-dynamic-hw'][1] == 'REFUSED'
-    assert 'dynamic height/width cannot be exported' in output and 'rel_pos.py' in output
-    assert not (out_dir / 'model_dynamic_hw.onnx').exists()
-    for name in ('model.onnx', 'model_dynamic_batch.onnx', 'model_traced.pt'):
+    assert '1x3x64x64, 2x3x64x64, 2x3x96x96, 2x3x81x64' in output  # and the H/W file at 3 sizes
+    for name in ('model.onnx', 'model_dynamic_batch.onnx', 'model_dynamic_hw.onnx',
+                 'model_traced.pt'):
         assert (out_dir / name).stat().st_size > 0
 
 
@@ -98,3 +98,19 @@ def test_failures_and_refusals_are_clear(tmp_path, capsys):
                       '--out-dir', str(tmp_path / 'out')])
     output = capsys.readouterr().out
     assert code == 1 and 'FAILED torchscript' in output, output
+
+
+def test_a_model_that_fixes_its_size_is_refused_not_written_static():
+    """Given dims it cannot keep symbolic, the ONNX exporter writes a static file without an
+    error; the tool refuses first, with torch.export's reason."""
+    tool = load_tool('tools/export.py')
+
+    class SizeDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.shape[-1] == 64 else x
+
+    dims = {'x': {0: torch.export.Dim('batch', min=1, max=8),
+                  2: torch.export.Dim('height', min=33, max=512),
+                  3: torch.export.Dim('width', min=33, max=512)}}
+    with pytest.raises(tool.ExportRefused, match='cannot keep H and W symbolic.*--shape'):
+        tool._check_dynamic_hw(SizeDependent(), torch.randn(2, 3, 64, 64), dims)
