@@ -776,6 +776,17 @@ def _cpu_name() -> str:
     return calibrate.cpu_model()
 
 
+def ceiling_line(timings: dict, ours_names: Sequence[str], flops: float, peak: float) -> str:
+    """The largest speed-up over the fastest peer that any implementation of these FLOPs can
+    reach here: the peer's median over the time of all FLOPs run at the matmul peak."""
+    peers = {name: t.median for name, t in timings.items() if name not in ours_names}
+    if not peers or peak <= 0:
+        return '  ceiling: no peer timed'
+    fastest = min(peers, key=peers.get)
+    return (f'  ceiling: {peers[fastest] / (flops / peak):.2f}x over {fastest} if every FLOP '
+            f'ran at the matmul peak ({flops / peak * 1e3:.0f} ms) and nothing else cost time')
+
+
 def cpu_times() -> Optional[List[int]]:
     """The machine's cumulative CPU times (/proc/stat jiffies: user ... steal), or None."""
     try:
@@ -897,6 +908,7 @@ def _run_once(args, device, modes) -> int:
                   f'{batch / t.median:7.2f} {unit}/s {rate / 1e9:5.0f} GFLOP/s = '
                   f'{100 * rate / peak:3.0f}% of the matmul peak')
         print('\n'.join(ratio_lines(timings, [n for n in ours_names if n in timings])))
+        print(ceiling_line(timings, ours_names, flops, peak))
         if memory is not None:
             print('\n'.join(memory_lines(memory, ours_names, state, mode)))
         if args.profile:

@@ -33,6 +33,21 @@ def test_ratios():
     assert benchmark.median_pair_ratio(ours, peer) == 2.0
 
 
+def test_ceiling_is_the_fastest_peer_over_the_flops_at_peak():
+    timings = {'ours': benchmark.Timing([1.0], [1.0]), 'a': benchmark.Timing([3.0], [3.0]),
+               'b': benchmark.Timing([2.0], [2.0])}
+    line = benchmark.ceiling_line(timings, ['ours'], flops=100.0, peak=100.0)  # 1 s at peak
+    assert '2.00x over b' in line and '(1000 ms)' in line
+    assert 'no peer' in benchmark.ceiling_line({'ours': timings['ours']}, ['ours'], 1.0, 1.0)
+
+
+def test_steal_share_from_proc_stat_counters():
+    start = [100, 0, 50, 800, 0, 0, 0, 50]
+    end = [200, 0, 100, 900, 0, 0, 0, 150]  # 350 jiffies spent, 100 of them stolen
+    assert benchmark.steal_share(start, end) == pytest.approx(100 / 350)
+    assert benchmark.steal_share(None, end) is None
+
+
 def test_tiny_run_checks_outputs_and_reports(capsys):
     code = benchmark.main(['--arch', 'tiny', '--input-size', '64', '--batch-size', '1',
                            '--iters', '1', '--warmup', '0', '--no-memory', '--threads', '1'])
@@ -40,6 +55,7 @@ def test_tiny_run_checks_outputs_and_reports(capsys):
     assert code == 0
     assert 'max |ours vs mmpretrain MViT(tiny)|' in out and 'max |ours vs timm' in out
     assert out.count('fastest peer per figure') == 2  # inference and train
+    assert out.count('ceiling: ') == 2
 
 
 def test_unknown_arch_is_named():
