@@ -140,10 +140,9 @@ TORCHVISION_ARCHS = {'small-16x4': 'mvit_v2_s'}
 
 @dataclass
 class Peer:
-    name: str  # printed, e.g. 'timm mvitv2_tiny' or 'timm mvitv2_tiny [compiled]'
+    name: str  # printed, e.g. 'timm mvitv2_tiny'
     module: nn.Module
     ours_view: Callable  # our backbone output -> this peer's output layout, for the check
-    compiled: bool = False
 
 
 @dataclass
@@ -447,15 +446,18 @@ class Model:
     ours_view: Callable = None  # peers only
 
 
+COMPILED = ' [compiled]'  # the name suffix of a compiled copy
+
+
 def models_to_time(pair: Pair, compile_mode: str) -> List[Model]:
     """Ours and every peer, plus compiled copies as ``--compile`` asks (they share weights)."""
     models = [Model('ours', pair.ours, True)]
     if compile_mode in ('ours', 'both'):
-        models.append(Model('ours [compiled]', compile_model(pair.ours), True))
+        models.append(Model('ours' + COMPILED, compile_model(pair.ours), True))
     for peer in pair.peers:
         models.append(Model(peer.name, peer.module, False, peer.ours_view))
         if compile_mode in ('peers', 'both'):
-            models.append(Model(f'{peer.name} [compiled]', compile_model(peer.module), False,
+            models.append(Model(peer.name + COMPILED, compile_model(peer.module), False,
                                 peer.ours_view))
     return models
 
@@ -471,6 +473,19 @@ def check_outputs(models: List[Model], x: torch.Tensor) -> Dict[str, float]:
         for peer in (m for m in models if not m.is_ours):
             diffs[f'{ours.name} vs {peer.name}'] = max_abs_diff(peer.ours_view(outs[ours.name]),
                                                                 outs[peer.name])
+    return diffs
+
+
+def check_compiled(models: List[Model], x: torch.Tensor) -> Dict[str, float]:
+    """Largest |compiled - eager| of every compiled model against its own eager module."""
+    eager = {m.name: m for m in models}
+    diffs = {}
+    with torch.no_grad():
+        for model in models:
+            if not model.name.endswith(COMPILED):
+                continue
+            twin = eager[model.name[:-len(COMPILED)]].module.eval()
+            diffs[model.name] = max_abs_diff(model.module.eval()(x), twin(x))
     return diffs
 
 
@@ -857,7 +872,7 @@ def _run_once(args, device, modes) -> int:
           f'{args.drop_path}')
 
     models = models_to_time(pair, args.compile)
-    eager = [m for m in models if not m.name.endswith('[compiled]')]
+    eager = [m for m in models if not m.name.endswith(COMPILED)]
     diffs = check_outputs(eager, x)
     for what, diff in diffs.items():
         print(f'output check (fp32, eval): max |{what}| = {diff:.2e} '
@@ -876,12 +891,17 @@ def _run_once(args, device, modes) -> int:
         flops_of[mode] = count_flops(make(pair.peer, x, device, 'fp32'))  # FLOPs: dtype-free
 
     if args.compile != 'none':
-        compiled = [m for m in models if m.name.endswith('[compiled]')]
         start = time.perf_counter()
-        diffs = check_outputs(eager[:1] + compiled, x)
+        diffs = check_compiled(models, x)
         print(f'output check after torch.compile ({time.perf_counter() - start:.0f} s, '
-              'compiling inference): ' + '; '.join(f'max |{w}| = {d:.2e}'
-                                                   for w, d in diffs.items()))
+              'compiling inference): ' + '; '.join(f'max |{name} - eager| = {d:.2e}'
+                                                   for name, d in diffs.items()))
+        wrong = [name for name, d in diffs.items() if not d <= args.tolerance]
+        for name in wrong:
+            print(f'EXCLUDED {name}: torch.compile changed its outputs by {diffs[name]:.2e} '
+                  f'(> tolerance {args.tolerance:g}); a wrong model is not timed as a peer',
+                  flush=True)
+        models = [m for m in models if m.name not in wrong]
     memory_modes = [] if args.no_memory else ['train']
     results = run_modes(models, x, modes, device, args.dtype, args.iters, args.warmup,
                         memory_modes)
