@@ -484,8 +484,10 @@ def check_compiled(models: List[Model], x: torch.Tensor) -> Dict[str, float]:
         for model in models:
             if not model.name.endswith(COMPILED):
                 continue
-            twin = eager[model.name[:-len(COMPILED)]].module.eval()
-            diffs[model.name] = max_abs_diff(model.module.eval()(x), twin(x))
+            twin = eager[model.name[:-len(COMPILED)]].module
+            twin.eval()  # (not chained: mmpretrain's MViT.train returns None)
+            model.module.eval()
+            diffs[model.name] = max_abs_diff(model.module(x), twin(x))
     return diffs
 
 
