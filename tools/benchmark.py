@@ -648,7 +648,8 @@ def memory_growth(rows: Sequence[ScalingRow]) -> List[str]:
         small = min(group, key=lambda r: (r.ours_bytes, r.batch))
         large = max(group, key=lambda r: (r.ours_bytes, r.batch))
         ours, peer = large.ours_bytes / small.ours_bytes, large.peer_bytes / small.peer_bytes
-        verdict = 'faster than' if ours > peer * 1.05 else 'no faster than'
+        verdict = ('faster than' if ours > peer * 1.05 else 'slower than' if ours < peer / 1.05
+                   else 'within 5% of')
         out.append(f'{mode}: peak memory from {_point(small)} to {_point(large)}: '
                    f'ours x{ours:.1f}, '
                    f'least peer x{peer:.1f} (ours grows {verdict} the peer\'s); ours/peer '
