@@ -30,9 +30,10 @@ def rel_pos_table_length(q_size: int, k_size: int) -> int:
 def resize_rel_pos_table(table: torch.Tensor, length: int) -> torch.Tensor:
     """Linearly interpolate a (L, C) table to (length, C); unchanged when L already fits.
 
-    A symbolic ``length`` (export with dynamic height/width) always goes through the
-    interpolation: comparing it with L would fix the input size, and at equal lengths the
-    linear interpolation is the identity (every weight 1 or 0).
+    A ``length`` that is not a Python int (symbolic under export with dynamic height/width, a
+    tensor under jit.trace) always goes through the interpolation: comparing it with L would
+    fix the input size, and at equal lengths the linear interpolation is the identity (every
+    weight 1 or 0).
     """
     if type(length) is int and table.shape[0] == length:
         return table
