@@ -64,7 +64,8 @@ train configs/quickstart_video_inflated.py quickstart_video_inflated \
 inflated_s=$TRAIN_SECONDS
 
 test_top1() {  # test_top1 CONFIG NAME; sets TEST_TOP1 (test top-1 in percent)
-    local config=$1 name=$2 ckpt log=$WORK/$name.test.log
+    local config=$1 name=$2
+    local ckpt log=$WORK/$name.test.log  # (a separate local: bash expands a line's words first)
     ckpt=$(cat "$WORK/$name/last_checkpoint")
     echo "testing $ckpt (console output in full: $log) ..."
     python tools/test.py "$config" "$ckpt" --work-dir "$WORK/$name/test" 2>&1 \
