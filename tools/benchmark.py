@@ -478,13 +478,13 @@ def check_outputs(models: List[Model], x: torch.Tensor) -> Dict[str, float]:
 
 def check_compiled(models: List[Model], x: torch.Tensor) -> Dict[str, float]:
     """Largest |compiled - eager| of every compiled model against its own eager module."""
-    eager = {m.name: m for m in models}
+    by_name = {m.name: m for m in models}
     diffs = {}
     with torch.no_grad():
         for model in models:
             if not model.name.endswith(COMPILED):
                 continue
-            twin = eager[model.name[:-len(COMPILED)]].module
+            twin = by_name[model.name[:-len(COMPILED)]].module
             twin.eval()  # (not chained: mmpretrain's MViT.train returns None)
             model.module.eval()
             diffs[model.name] = max_abs_diff(model.module(x), twin(x))

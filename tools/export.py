@@ -103,17 +103,9 @@ def other_input_shapes(shape: Sequence[int], fmt: str,
     shape = tuple(shape)
     if fmt == 'onnx-dynamic-batch':
         return [(shape[0] + 1,) + shape[1:]]
-    stride = [p * q for p, q in zip(backbone.arch.patch_stride, _total_q_stride(backbone))]
-    (height, width), (step_h, step_w) = shape[-2:], stride[-2:]
+    (height, width), (step_h, step_w) = shape[-2:], backbone.arch.reduction[-2:]
     return [shape[:-2] + (height + step_h, width + step_w),
             shape[:-2] + (height + step_h // 2 + 1, width)]
-
-
-def _total_q_stride(backbone: nn.Module) -> List[int]:
-    total = [1] * len(backbone.arch.patch_stride)
-    for spec in backbone.specs:
-        total = [t * s for t, s in zip(total, spec.q_stride)]
-    return total
 
 
 # Exports -------------------------------------------------------------------------------------
