@@ -11,7 +11,9 @@ fastest peer per figure (medians, best steps, back-to-back pairs, CPU time), and
 ``--compile peers|ours|both`` adds ``torch.compile``d copies beside the eager models (the first
 compile takes minutes on 2 CPU cores). ``--scaling`` prints instead a table over batch sizes,
 image sides and clip lengths: ours and the fastest peer side by side, time and peak memory,
-with the crossover points and how memory grows.
+with the crossover points and how memory grows; a point whose step would not fit in the
+available memory (predicted linearly in the batch from a smaller batch of the same input) is
+skipped and listed.
 
     python tools/benchmark.py --arch tiny --batch-size 8               # image T @224
     python tools/benchmark.py --arch small-16x4 --batch-size 1         # video S 16x4
@@ -658,6 +660,34 @@ def memory_growth(rows: Sequence[ScalingRow]) -> List[str]:
     return out
 
 
+def predicted_step_bytes(seen: Dict[Tuple[str, Tuple[int, ...]], Tuple[int, int]], mode: str,
+                         size: Tuple[int, ...], batch: int) -> Optional[int]:
+    """A step's peak memory at ``batch``, from the largest batch measured at the same mode and
+    input size (``seen``: (mode, size) -> (batch, the largest model's peak bytes)); activations
+    grow linearly with the batch. None when nothing was measured there."""
+    if (mode, size) not in seen:
+        return None
+    measured_batch, measured_bytes = seen[(mode, size)]
+    return measured_bytes * batch // measured_batch
+
+
+def available_memory_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), or None."""
+    try:
+        with open('/proc/meminfo') as meminfo:
+            for line in meminfo:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# A point runs only if its predicted step peak fits in this share of the available memory
+# (the allocator, the other models' weights and fragmentation need the rest).
+MEMORY_HEADROOM = 0.8
+
+
 def _point(row: ScalingRow) -> str:
     return f'b{row.batch} {"x".join(map(str, row.size))}'
 
@@ -686,7 +716,21 @@ def run_scaling(args, device, modes: Sequence[str]) -> int:
     print(f'scaling: {len(grid)} points x {len(modes)} modes, {args.iters} timed steps each '
           f'after {args.warmup} warm-up; peers {peers}; compile {args.compile}')
     rows: List[ScalingRow] = []
+    seen: Dict[Tuple[str, Tuple[int, ...]], Tuple[int, int]] = {}
+    skipped: List[str] = []
     for batch, size in grid:
+        point_modes = list(modes)
+        free = available_memory_bytes() if device.type == 'cpu' else None
+        for mode in modes:
+            need = predicted_step_bytes(seen, mode, size, batch)
+            if need is not None and free is not None and need > MEMORY_HEADROOM * free:
+                point_modes.remove(mode)
+                skipped.append(f'{mode} b{batch} {"x".join(map(str, size))}: a step would need '
+                               f'about {need / 2 ** 30:.1f} GiB (linear in the batch from b'
+                               f'{seen[(mode, size)][0]}), {free / 2 ** 30:.1f} GiB available')
+                print(f'  skipped {skipped[-1]}', flush=True)
+        if not point_modes:
+            continue
         pair = build_pair(args.arch, 'x'.join(map(str, size)), batch, args.drop_path,
                           args.attn_impl, args.with_cp, peers=peers)
         models = models_to_time(pair, args.compile)
@@ -694,9 +738,11 @@ def run_scaling(args, device, modes: Sequence[str]) -> int:
             m.module.to(device)
         x = torch.randn(pair.input_shape, generator=torch.Generator().manual_seed(1)).to(device)
         ours_names = [m.name for m in models if m.is_ours]
-        memory_modes = [] if args.no_memory else modes
-        for mode, _, timings, memory in run_modes(models, x, modes, device, args.dtype,
+        memory_modes = [] if args.no_memory else point_modes
+        for mode, _, timings, memory in run_modes(models, x, point_modes, device, args.dtype,
                                                   args.iters, args.warmup, memory_modes):
+            if memory is not None:
+                seen[(mode, size)] = (batch, max(memory.values()))
             peer_t = {n: t for n, t in timings.items() if n not in ours_names}
             if not peer_t:
                 continue
@@ -718,6 +764,9 @@ def run_scaling(args, device, modes: Sequence[str]) -> int:
     print('\ncrossover points:')
     print('\n'.join('  ' + line for line in crossovers(rows)) or
           '  none: the same model leads at every point of this grid')
+    if skipped:
+        print('points not run (they would not fit in memory here):')
+        print('\n'.join('  ' + line for line in skipped))
     growth = memory_growth(rows)
     if growth:
         print('memory growth:')

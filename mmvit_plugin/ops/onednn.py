@@ -254,30 +254,33 @@ class _Attention(torch.autograd.Function):
     def forward(ctx, q, k, v, q_extra, residual, scale: float, heads: int, per_item: bool,
                 recompute: bool):
         BH, num_q, _ = q.shape
+        B = BH // heads
         ctx.scale, ctx.per_item = scale, per_item
         ctx.has_residual = residual is not None
         q_ext = extended_query(q, scale, q_extra)
         if per_item:
             v_t = v.transpose(1, 2).contiguous()
-            outs, kept = [], []
+            # Each item is written into preallocated results (stacking per-item results would
+            # hold all of them twice at the peak); the output straight into (B, Nq, heads, Cv),
+            # the layout the projection reads.
+            out = q.new_empty(B, num_q, heads, v.shape[-1])
+            probs = None if recompute else q.new_empty(BH, num_q, k.shape[1])
             for i in range(BH):
-                probs = _mm_bt(q_ext[i], k[i])
-                torch.ops.aten._softmax.out(probs, -1, False, out=probs)
-                outs.append(_mm_bt(probs, v_t[i]) if residual is None else
-                            _LINEAR.binary(probs, residual[i], v_t[i], None, 'add'))
-                if not recompute:
-                    kept.append(probs)
-            out = torch.stack(outs, dim=1)  # (Nq, BH, Cv) = (Nq, B, heads, Cv)
-            probs = None if recompute else torch.stack(kept)
+                logits = _mm_bt(q_ext[i], k[i])
+                item_probs = logits if recompute else probs[i]
+                torch.ops.aten._softmax.out(logits, -1, False, out=item_probs)
+                out[i // heads, :, i % heads] = _mm_bt(item_probs, v_t[i]) if residual is None \
+                    else _LINEAR.binary(item_probs, residual[i], v_t[i], None, 'add')
+                del logits, item_probs
         else:
             probs = torch.bmm(q_ext, k.transpose(1, 2))
             torch.ops.aten._softmax.out(probs, -1, False, out=probs)
             out = torch.bmm(probs, v) if residual is None else torch.baddbmm(residual, probs, v)
-            out = out.transpose(0, 1)
+            # One copy into the (B, Nq, heads, Cv) layout the projection reads.
+            out = out.view(B, heads, num_q, -1).transpose(1, 2).contiguous()
             probs = None if recompute else probs
         ctx.save_for_backward(q, k, v, q_extra, probs)
-        # One copy into the (B, Nq, heads * Cv) layout the projection reads.
-        return out.reshape(num_q, BH // heads, -1).transpose(0, 1).contiguous()
+        return out.view(B, num_q, -1)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -291,7 +294,9 @@ class _Attention(torch.autograd.Function):
             grad_items_t = grad_items.transpose(1, 2).contiguous()
             q_ext_t = q_ext.transpose(1, 2).contiguous()
             k_t = k.transpose(1, 2).contiguous()
-            grad_q_ext, grad_k_t, grad_v_t = [], [], []
+            grad_q_ext = torch.empty_like(q_ext)
+            grad_k_t = k.new_empty(BH, k.shape[2], k.shape[1])
+            grad_v_t = v.new_empty(BH, v.shape[2], v.shape[1])
             for i in range(BH):
                 if kept is None:
                     probs = _mm_bt(q_ext[i], k[i])
@@ -300,14 +305,14 @@ class _Attention(torch.autograd.Function):
                     probs = kept[i]
                 grad_logits = torch.ops.aten._softmax_backward_data(
                     _mm_bt(grad_items[i], v[i]), probs, -1, torch.float32)
-                grad_v_t.append(_mm_bt(grad_items_t[i], probs.t()))
+                grad_v_t[i] = _mm_bt(grad_items_t[i], probs.t())
                 del probs
-                grad_k_t.append(_mm_bt(q_ext_t[i], grad_logits.t()))
-                grad_q_ext.append(_mm_bt(grad_logits, k_t[i]))
+                grad_k_t[i] = _mm_bt(q_ext_t[i], grad_logits.t())
+                grad_q_ext[i] = _mm_bt(grad_logits, k_t[i])
+                del grad_logits
             del q_ext, q_ext_t, k_t
-            grad_q_ext = torch.stack(grad_q_ext)
-            grad_k = torch.stack(grad_k_t).transpose(1, 2)
-            grad_v = torch.stack(grad_v_t).transpose(1, 2)
+            grad_k = grad_k_t.transpose(1, 2)
+            grad_v = grad_v_t.transpose(1, 2)
         else:
             if kept is None:
                 probs = torch.bmm(q_ext, k.transpose(1, 2))

@@ -138,3 +138,24 @@ def test_scaling_mode_prints_the_table(capsys):
     table = out[out.index('scaling table'):]
     assert table.count('inference ') == 2 and 'timm mvitv2_tiny' in table
     assert 'crossover points:' in out and 'memory growth:' in out
+
+
+def test_predicted_step_bytes_is_linear_in_the_batch():
+    seen = {('train', (224, 224)): (8, 800)}
+    assert benchmark.predicted_step_bytes(seen, 'train', (224, 224), 64) == 6400
+    assert benchmark.predicted_step_bytes(seen, 'train', (448, 448), 64) is None
+    assert benchmark.predicted_step_bytes(seen, 'inference', (224, 224), 64) is None
+
+
+def test_scaling_skips_a_point_that_would_not_fit(capsys, monkeypatch):
+    # 1 MiB "available": the b1 point runs (nothing measured yet), b4 is predicted not to fit.
+    monkeypatch.setattr(benchmark, 'available_memory_bytes', lambda: 2 ** 20)
+    code = benchmark.main(['--arch', 'tiny', '--scaling', '--scale-batch', '1,4',
+                           '--scale-size', '64', '--modes', 'inference', '--iters', '1',
+                           '--warmup', '0', '--threads', '1', '--peers', 'timm'])
+    out = capsys.readouterr().out
+    assert code == 0
+    table = out[out.index('scaling table'):out.index('crossover points')]
+    assert table.count('inference ') == 1
+    assert 'points not run (they would not fit in memory here):' in out
+    assert 'inference b4 64x64: a step would need about' in out and 'from b1' in out
