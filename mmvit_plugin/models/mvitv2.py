@@ -185,13 +185,11 @@ class FastPoolingAttention(PoolingAttention):
         q_terms = torch.cat(terms, dim=-1).view(BH, num_q, -1)
         indicator = key_coordinate_indicator(k_size, int(self.with_cls_token), q.device,
                                              k.dtype)
-        k_ext = torch.cat((k, indicator.expand(BH, -1, -1)), dim=-1)
-        out = ops.attention(q, k_ext, v, self.scale, q_terms,
+        out = ops.attention(q, k, v, self.scale, q_terms, indicator,
                             q if self.residual_pooling else None, heads, self.kernel)
 
         if self.with_cls_token:  # one query, no relative position and no residual
-            q_cls = F.pad(q_cls * self.scale, (0, indicator.shape[1]))
-            attn = torch.bmm(q_cls, k_ext.transpose(1, 2)).softmax(dim=-1)
+            attn = torch.bmm(q_cls * self.scale, k.transpose(1, 2)).softmax(dim=-1)
             cls_out = torch.bmm(attn, v).view(B, heads * C).unsqueeze(1)
             out = torch.cat((cls_out, out), dim=1)
         return ops.linear(out, self.proj.weight, self.proj.bias, residual=residual), q_size

@@ -22,18 +22,26 @@ def resolve_kernel(kernel: str, *tensors: torch.Tensor) -> str:
     return 'sdpa' if torch.is_grad_enabled() or tensors[0].device.type != 'cpu' else 'math'
 
 
+def _shape(t: Optional[torch.Tensor]):
+    return None if t is None else tuple(t.shape)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0,
-              q_extra: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None,
-              heads: int = 1, kernel: str = 'auto') -> torch.Tensor:
-    """``softmax([scale * q, q_extra] @ k^T) @ v (+ residual)``, heads merged into channels.
+              q_extra: Optional[torch.Tensor] = None, k_extra: Optional[torch.Tensor] = None,
+              residual: Optional[torch.Tensor] = None, heads: int = 1,
+              kernel: str = 'auto') -> torch.Tensor:
+    """``softmax([scale * q, q_extra] @ [k, k_extra]^T) @ v (+ residual)``, heads merged into
+    channels.
 
     Args:
         q: (B * heads, Nq, C) queries; ``q_extra``: (B * heads, Nq, E) columns appended to the
             scaled queries (e.g. relative-position terms), or None.
-        k: (B * heads, Nk, C + E) keys; v: (B * heads, Nk, Cv) values.
+        k: (B * heads, Nk, C) keys; ``k_extra``: (Nk, E) constant columns appended to every
+            item's keys (no gradient; e.g. key-coordinate indicators), given with ``q_extra``.
+        v: (B * heads, Nk, Cv) values.
         residual: (B * heads, Nq, Cv) added to the output, or None.
-        kernel: one of ``ATTENTION_KERNELS``. 'onednn' (``ops.onednn``; no attention matrix is
-            kept for the backward) falls back to 'math' where oneDNN does not apply; 'sdpa' is
+        kernel: one of ``ATTENTION_KERNELS``. 'onednn' (``ops.onednn``) falls back to 'math'
+            where oneDNN does not apply; 'sdpa' is
             ``F.scaled_dot_product_attention``; 'math' is bmm, softmax, bmm with autograd.
 
     Returns:
@@ -41,12 +49,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 
     """
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f'attention kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}')
+    if (q_extra is None) != (k_extra is None):
+        raise ValueError('attention: q_extra and k_extra come together (their columns meet in '
+                         f'the q.k product), got q_extra {_shape(q_extra)}, k_extra '
+                         f'{_shape(k_extra)}')
     tensors = [t for t in (q, k, v, q_extra, residual) if t is not None]
     kernel = resolve_kernel(kernel, *tensors)
     BH, num_q, C = q.shape
     B, Cv = BH // heads, v.shape[-1]
     if kernel == 'onednn':
-        return onednn.attention(q, k, v, scale, q_extra, residual, heads)
+        return onednn.attention(q, k, v, scale, q_extra, k_extra, residual, heads)
+    k = onednn.extended_keys(k, k_extra)
     if kernel == 'math':
         probs = torch.bmm(onednn.extended_query(q, scale, q_extra),
                           k.transpose(1, 2)).softmax(dim=-1)

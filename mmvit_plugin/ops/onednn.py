@@ -240,24 +240,32 @@ def extended_query(q: torch.Tensor, scale: float,
     return q if q_extra is None else torch.cat((q, q_extra), dim=-1)
 
 
-class _Attention(torch.autograd.Function):
-    """softmax([scale q, q_extra] k^T) v (+ residual) with oneDNN products.
+def extended_keys(k: torch.Tensor, k_extra: Optional[torch.Tensor]) -> torch.Tensor:
+    """``[k, k_extra]`` along the channels, ``k_extra`` (Nk, E) shared by every item."""
+    return k if k_extra is None else torch.cat((k, k_extra.expand(k.shape[0], -1, -1)), dim=-1)
 
-    With ``recompute`` only the inputs are kept for the backward and the probabilities are
-    recomputed there, so no attention matrix outlives its use (like a fused attention kernel).
-    With ``per_item`` every (batch, head) item runs its own oneDNN products (fast for large
-    items); otherwise one batched ``bmm`` covers all items (fewer, larger ops: better for many
-    small items). Work spanning all items (concatenations, transposes) is done once per call.
+
+class _Attention(torch.autograd.Function):
+    """softmax([scale q, q_extra] [k, k_extra]^T) v (+ residual) with oneDNN products.
+
+    ``k_extra`` is a constant (no gradient), so the backward needs neither ``q_extra`` nor its
+    columns in the key gradient: only q, the extended keys, v and the probabilities are kept.
+    With ``recompute`` the probabilities are recomputed in the backward instead (then
+    ``q_extra`` is kept), so no attention matrix outlives its use (like a fused attention
+    kernel). With ``per_item`` every (batch, head) item runs its own oneDNN products (fast for
+    large items); otherwise one batched ``bmm`` covers all items (fewer, larger ops: better for
+    many small items). Work spanning all items (concatenations, transposes) is done once.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, q_extra, residual, scale: float, heads: int, per_item: bool,
-                recompute: bool):
+    def forward(ctx, q, k, v, q_extra, k_extra, residual, scale: float, heads: int,
+                per_item: bool, recompute: bool):
         BH, num_q, _ = q.shape
         B = BH // heads
         ctx.scale, ctx.per_item = scale, per_item
         ctx.has_residual = residual is not None
         q_ext = extended_query(q, scale, q_extra)
+        k_ext = extended_keys(k, k_extra)
         if per_item:
             v_t = v.transpose(1, 2).contiguous()
             # Each item is written into preallocated results (stacking per-item results would
@@ -266,40 +274,42 @@ class _Attention(torch.autograd.Function):
             out = q.new_empty(B, num_q, heads, v.shape[-1])
             probs = None if recompute else q.new_empty(BH, num_q, k.shape[1])
             for i in range(BH):
-                logits = _mm_bt(q_ext[i], k[i])
+                logits = _mm_bt(q_ext[i], k_ext[i])
                 item_probs = logits if recompute else probs[i]
                 torch.ops.aten._softmax.out(logits, -1, False, out=item_probs)
                 out[i // heads, :, i % heads] = _mm_bt(item_probs, v_t[i]) if residual is None \
                     else _LINEAR.binary(item_probs, residual[i], v_t[i], None, 'add')
                 del logits, item_probs
         else:
-            probs = torch.bmm(q_ext, k.transpose(1, 2))
+            probs = torch.bmm(q_ext, k_ext.transpose(1, 2))
             torch.ops.aten._softmax.out(probs, -1, False, out=probs)
             out = torch.bmm(probs, v) if residual is None else torch.baddbmm(residual, probs, v)
             # One copy into the (B, Nq, heads, Cv) layout the projection reads.
             out = out.view(B, heads, num_q, -1).transpose(1, 2).contiguous()
             probs = None if recompute else probs
-        ctx.save_for_backward(q, k, v, q_extra, probs)
+        ctx.save_for_backward(q, k_ext, v, q_extra if recompute else None, probs)
+        ctx.has_q_extra = q_extra is not None
         return out.view(B, num_q, -1)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, q_extra, kept = ctx.saved_tensors
+        q, k_ext, v, q_extra, kept = ctx.saved_tensors
         BH, num_q, C = q.shape
         B = grad_out.shape[0]
         heads = BH // B
         grad_items = grad_out.view(B, num_q, heads, -1).transpose(1, 2).reshape(BH, num_q, -1)
-        q_ext = extended_query(q, ctx.scale, q_extra)
+        # Only to recompute the probabilities.
+        q_ext = extended_query(q, ctx.scale, q_extra) if kept is None else None
         if ctx.per_item:
             grad_items_t = grad_items.transpose(1, 2).contiguous()
-            q_ext_t = q_ext.transpose(1, 2).contiguous()
-            k_t = k.transpose(1, 2).contiguous()
-            grad_q_ext = torch.empty_like(q_ext)
-            grad_k_t = k.new_empty(BH, k.shape[2], k.shape[1])
+            q_t = q.transpose(1, 2).contiguous()
+            k_t = k_ext.transpose(1, 2).contiguous()
+            grad_q_ext = q.new_empty(BH, num_q, k_ext.shape[2])
+            grad_k_t = q.new_empty(BH, C, k_ext.shape[1])
             grad_v_t = v.new_empty(BH, v.shape[2], v.shape[1])
             for i in range(BH):
                 if kept is None:
-                    probs = _mm_bt(q_ext[i], k[i])
+                    probs = _mm_bt(q_ext[i], k_ext[i])
                     torch.ops.aten._softmax.out(probs, -1, False, out=probs)
                 else:
                     probs = kept[i]
@@ -307,15 +317,15 @@ class _Attention(torch.autograd.Function):
                     _mm_bt(grad_items[i], v[i]), probs, -1, torch.float32)
                 grad_v_t[i] = _mm_bt(grad_items_t[i], probs.t())
                 del probs
-                grad_k_t[i] = _mm_bt(q_ext_t[i], grad_logits.t())
+                grad_k_t[i] = _mm_bt(q_t[i], grad_logits.t())
                 grad_q_ext[i] = _mm_bt(grad_logits, k_t[i])
                 del grad_logits
-            del q_ext, q_ext_t, k_t
+            del q_ext, q_t, k_t
             grad_k = grad_k_t.transpose(1, 2)
             grad_v = grad_v_t.transpose(1, 2)
         else:
             if kept is None:
-                probs = torch.bmm(q_ext, k.transpose(1, 2))
+                probs = torch.bmm(q_ext, k_ext.transpose(1, 2))
                 torch.ops.aten._softmax.out(probs, -1, False, out=probs)
             else:
                 probs = kept
@@ -323,12 +333,13 @@ class _Attention(torch.autograd.Function):
                 torch.bmm(grad_items, v.transpose(1, 2)), probs, -1, torch.float32)
             grad_v = torch.bmm(probs.transpose(1, 2), grad_items)
             del probs
-            grad_k = torch.bmm(grad_logits.transpose(1, 2), q_ext)
-            grad_q_ext = torch.bmm(grad_logits, k)
+            grad_k = torch.bmm(grad_logits.transpose(1, 2), q)
+            grad_q_ext = torch.bmm(grad_logits, k_ext)
+        grad_k = grad_k * ctx.scale  # the keys met the scaled queries
         grad_q = grad_q_ext[..., :C] * ctx.scale
-        grad_extra = None if q_extra is None else grad_q_ext[..., C:]
+        grad_extra = grad_q_ext[..., C:] if ctx.has_q_extra else None
         grad_res = grad_items if ctx.has_residual else None
-        return grad_q, grad_k, grad_v, grad_extra, grad_res, None, None, None, None
+        return grad_q, grad_k, grad_v, grad_extra, None, grad_res, None, None, None, None
 
 
 def _attention_candidates(items: int, num_q: int, num_k: int, width: int, width_v: int,
@@ -340,15 +351,17 @@ def _attention_candidates(items: int, num_q: int, num_k: int, width: int, width_
     leaves = [t for t in (q, k, v, residual) if t is not None]
 
     def run(per_item: bool):
-        return lambda: _Attention.apply(q, k, v, None, residual, 1.0, 1, per_item, recompute)
+        return lambda: _Attention.apply(q, k, v, None, None, residual, 1.0, 1, per_item,
+                                        recompute)
     return _timed({'per_item': run(True), 'batched': run(False)}, leaves,
                   (items, num_q, width_v), grad)
 
 
-def per_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def per_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, width: int,
                        residual: Optional[torch.Tensor], grad: bool) -> bool:
     """Whether the oneDNN attention runs one product per item (else one batched bmm): by
-    ``KernelSettings.min_attention_entries`` if set, else the calibrated choice."""
+    ``KernelSettings.min_attention_entries`` if set, else the calibrated choice (``width``:
+    the q.k product's, extra columns included)."""
     settings = kernel_settings()
     batch_heads, num_q, _ = q.shape
     num_k = k.shape[1]
@@ -357,15 +370,15 @@ def per_item_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     default = 'per_item' if num_q * num_k >= calibrate.DEFAULT_MIN_ATTENTION_ENTRIES \
         else 'batched'
     items = calibrate.attention_items(batch_heads, num_q, num_k)
-    dims = (items, num_q, num_k, k.shape[-1], v.shape[-1], residual is not None)
+    dims = (items, num_q, num_k, width, v.shape[-1], residual is not None)
     key = ('attention', *dims, 'train' if grad else 'infer')  # timed with recompute off
     return calibrate.decide(key, default, lambda: _attention_candidates(*dims, grad),
                             q, k, v) == 'per_item'
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-              q_extra: Optional[torch.Tensor], residual: Optional[torch.Tensor],
-              heads: int) -> torch.Tensor:
+              q_extra: Optional[torch.Tensor], k_extra: Optional[torch.Tensor],
+              residual: Optional[torch.Tensor], heads: int) -> torch.Tensor:
     """The oneDNN attention core; call it through ``ops.attention.attention``.
 
     Per-item oneDNN products or one batched bmm (see ``per_item_attention``).
@@ -376,6 +389,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     q_extra = None if q_extra is None else q_extra.contiguous()
     residual = None if residual is None else residual.contiguous()
     grad = _needs_grad(q, k, v, q_extra, residual)
-    per_item = per_item_attention(q, k, v, residual, grad)
-    return _Attention.apply(q, k, v, q_extra, residual, scale, heads, per_item,
+    width = k.shape[-1] + (0 if k_extra is None else k_extra.shape[-1])
+    per_item = per_item_attention(q, k, v, width, residual, grad)
+    return _Attention.apply(q, k, v, q_extra, k_extra, residual, scale, heads, per_item,
                             settings.recompute)

@@ -176,7 +176,7 @@ def test_attention_follows_the_calibrated_choice_and_matches(monkeypatch, faster
     q, k, v = (torch.randn(s, generator=gen).requires_grad_() for s in
                ((4, 10, 6), (4, 7, 6), (4, 7, 5)))
     with ops.use_kernels(calibration='on'):
-        assert onednn.per_item_attention(q, k, v, None, True) == (faster == 'per_item')
+        assert onednn.per_item_attention(q, k, v, 6, None, True) == (faster == 'per_item')
         out = ops.attention(q, k, v, 0.5, None, None, heads=2, kernel='onednn')
     want = torch.softmax(0.5 * q @ k.transpose(1, 2), -1) @ v
     want = want.view(2, 2, 10, 5).transpose(1, 2).reshape(2, 10, 10)
@@ -187,7 +187,7 @@ def test_attention_follows_the_calibrated_choice_and_matches(monkeypatch, faster
     (key, entry), = calibrate.cached_choices().items()
     assert key.startswith('attention:4:10:7:6:5:False:train') and entry['choice'] == faster
     with ops.use_kernels(calibration='on', min_attention_entries=0):  # the threshold wins
-        assert onednn.per_item_attention(q, k, v, None, True)
+        assert onednn.per_item_attention(q, k, v, 6, None, True)
 
 
 @needs_onednn

@@ -99,13 +99,13 @@ def test_standard_ops_when_onednn_is_off():
 def test_attention_matches_softmax_attention(attention_kernel, kernel, with_residual,
                                              with_extra, heads):
     B, nq, nk, C, E = 2, 20, 9, 12, 5
-    q, k, v, extra, residual = _leaves((B * heads, nq, C), (B * heads, nk, C + E),
+    q, k, v, extra, residual = _leaves((B * heads, nq, C), (B * heads, nk, C),
                                        (B * heads, nk, C), (B * heads, nq, E),
                                        (B * heads, nq, C))
-    if not with_extra:
-        k = k[..., :C].detach().requires_grad_()
+    k_extra = torch.randn(nk, E, generator=torch.Generator().manual_seed(5))  # a constant
     q_ext = torch.cat((q * 0.7, extra), -1) if with_extra else q * 0.7
-    expected = torch.softmax(q_ext @ k.transpose(1, 2), dim=-1) @ v
+    k_ext = torch.cat((k, k_extra.expand(B * heads, -1, -1)), -1) if with_extra else k
+    expected = torch.softmax(q_ext @ k_ext.transpose(1, 2), dim=-1) @ v
     expected = expected + residual if with_residual else expected
     expected = expected.view(B, heads, nq, C).transpose(1, 2).reshape(B, nq, heads * C)
     upstream = torch.randn_like(expected)
@@ -115,6 +115,7 @@ def test_attention_matches_softmax_attention(attention_kernel, kernel, with_resi
     for recompute in (True, False):
         with ops.use_kernels(recompute=recompute):
             out = ops.attention(q, k, v, 0.7, extra if with_extra else None,
+                                k_extra if with_extra else None,
                                 residual if with_residual else None, heads, kernel=kernel)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
         for g, e in zip(torch.autograd.grad(out, leaves, upstream), expected_grads):
@@ -125,6 +126,8 @@ def test_attention_refuses_an_unknown_kernel():
     q = torch.zeros(1, 2, 4)
     with pytest.raises(ValueError, match=r"kernel must be one of .*'flash'"):
         ops.attention(q, q, q, kernel='flash')
+    with pytest.raises(ValueError, match=r'q_extra and k_extra come together.*k_extra None'):
+        ops.attention(q, q, q, q_extra=torch.zeros(1, 2, 3))
 
 
 @needs_onednn
