@@ -14,6 +14,13 @@ os.environ['MMVIT_CALIBRATE'] = 'off'
 os.environ['MMVIT_CACHE_DIR'] = tempfile.mkdtemp(prefix='mmvit_test_cache_')
 atexit.register(shutil.rmtree, os.environ['MMVIT_CACHE_DIR'], ignore_errors=True)
 
+# Under pytest-xdist (README's test command runs one worker per core) each worker, and every
+# process it starts, computes with one intra-op thread: two workers with two OpenMP threads
+# each on two cores wait for each other's descheduled threads.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
+
 
 @pytest.fixture
 def single_thread():
