@@ -688,8 +688,13 @@ def available_memory_bytes() -> Optional[int]:
 MEMORY_HEADROOM = 0.8
 
 
+def _size_text(size: Sequence[int]) -> str:
+    """(16, 224, 224) -> '16x224x224', the form ``--input-size`` reads."""
+    return 'x'.join(map(str, size))
+
+
 def _point(row: ScalingRow) -> str:
-    return f'b{row.batch} {"x".join(map(str, row.size))}'
+    return f'b{row.batch} {_size_text(row.size)}'
 
 
 def scaling_table(rows: Sequence[ScalingRow]) -> List[str]:
@@ -701,7 +706,7 @@ def scaling_table(rows: Sequence[ScalingRow]) -> List[str]:
         if r.ours_bytes is not None and r.peer_bytes:
             mem = (f'{r.ours_bytes / 2 ** 20:9.0f} {r.peer_bytes / 2 ** 20:9.0f} '
                    f'{r.ours_bytes / r.peer_bytes:5.2f}  {r.peer_mem_name}')
-        lines.append(f'  {r.mode:9s} {r.batch:5d} {"x".join(map(str, r.size)):>11s} '
+        lines.append(f'  {r.mode:9s} {r.batch:5d} {_size_text(r.size):>11s} '
                      f'{r.ours_s * 1e3:10.1f} {r.peer_s * 1e3:10.1f} {r.speedup:7.2f}x  '
                      f'{r.peer[:24]:24s} {mem}')
     return lines
@@ -725,13 +730,13 @@ def run_scaling(args, device, modes: Sequence[str]) -> int:
             need = predicted_step_bytes(seen, mode, size, batch)
             if need is not None and free is not None and need > MEMORY_HEADROOM * free:
                 point_modes.remove(mode)
-                skipped.append(f'{mode} b{batch} {"x".join(map(str, size))}: a step would need '
-                               f'about {need / 2 ** 30:.1f} GiB (linear in the batch from b'
+                skipped.append(f'{mode} b{batch} {_size_text(size)}: a step would need about '
+                               f'{need / 2 ** 30:.1f} GiB (linear in the batch from b'
                                f'{seen[(mode, size)][0]}), {free / 2 ** 30:.1f} GiB available')
                 print(f'  skipped {skipped[-1]}', flush=True)
         if not point_modes:
             continue
-        pair = build_pair(args.arch, 'x'.join(map(str, size)), batch, args.drop_path,
+        pair = build_pair(args.arch, _size_text(size), batch, args.drop_path,
                           args.attn_impl, args.with_cp, peers=peers)
         models = models_to_time(pair, args.compile)
         for m in models:

@@ -41,8 +41,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 
         v: (B * heads, Nk, Cv) values.
         residual: (B * heads, Nq, Cv) added to the output, or None.
         kernel: one of ``ATTENTION_KERNELS``. 'onednn' (``ops.onednn``) falls back to 'math'
-            where oneDNN does not apply; 'sdpa' is
-            ``F.scaled_dot_product_attention``; 'math' is bmm, softmax, bmm with autograd.
+            where oneDNN does not apply; 'sdpa' is ``F.scaled_dot_product_attention``; 'math'
+            is bmm, softmax, bmm with autograd.
 
     Returns:
         (B, Nq, heads * Cv).
