@@ -1,36 +1,103 @@
-"""Pooling conv + LayerNorm with the conv recomputed in the backward, against the modules."""
+"""Pooling conv + LayerNorm: the conv's input gradient as a forward conv, the recomputed conv
+output, against the modules."""
 import pytest
 import torch
 
 from mmvit_plugin import ops
+from mmvit_plugin.ops import calibrate, pool_norm
 
 
-@pytest.mark.parametrize('shape,stride', [((3, 8, 10, 12), (2, 2)), ((3, 8, 10, 12), (1, 1)),
-                                          ((2, 8, 4, 6, 6), (1, 2, 2))])
-def test_pool_then_norm_matches_the_modules(shape, stride):
-    ndim = len(shape) - 2
+def _modules(channels: int, ndim: int, stride, kernel: int = 3, padding: int = 1):
     conv_cls = torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d
-    pool = conv_cls(8, 8, 3, stride, 1, groups=8, bias=False)
-    norm = torch.nn.LayerNorm(8, eps=1e-6)
+    pool = conv_cls(channels, channels, kernel, stride, padding, groups=channels, bias=False)
+    norm = torch.nn.LayerNorm(channels, eps=1e-6)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in (*pool.parameters(), *norm.parameters()):
             param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
         norm.weight.add_(1.0)
-    x = torch.randn(shape).movedim(1, -1).contiguous().movedim(-1, 1).requires_grad_()
+    return pool, norm
+
+
+def _channels_last(shape) -> torch.Tensor:
+    return torch.randn(shape).movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+@pytest.mark.parametrize('ndim', [2, 3])
+@pytest.mark.parametrize('kernel,padding', [(3, 1), (1, 0), (2, 1), (5, 2), (4, 0)])
+@pytest.mark.parametrize('stride', [1, 2, 3])
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_input_grad_by_conv_is_the_conv_backward(ndim, kernel, padding, stride, channels_last):
+    shape = (2, 4, 5, 9, 11) if ndim == 3 else (2, 4, 10, 13)
+    x = _channels_last(shape) if channels_last else torch.randn(shape)
+    weight = torch.randn(4, 1, *[kernel] * ndim)
+    strides, paddings = (stride,) * ndim, (padding,) * ndim
+    conv_args = pool_norm._conv_args(ndim, strides, paddings, 4)
+    grad_out = torch.randn_like(pool_norm._depthwise(x, weight, conv_args))
+    want, = torch.ops.aten.convolution_backward(grad_out, x, weight, None, *conv_args,
+                                                [True, False, False])[:1]
+    got = pool_norm.input_grad_by_conv(grad_out, x.shape, weight, strides, paddings)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape,stride', [((3, 8, 10, 12), (2, 2)), ((3, 8, 10, 12), (1, 1)),
+                                          ((2, 8, 4, 6, 6), (1, 2, 2)),
+                                          ((2, 8, 4, 6, 6), (1, 1, 1))])
+@pytest.mark.parametrize('input_grad', pool_norm.INPUT_GRAD_KERNELS)
+@pytest.mark.parametrize('recompute', [False, True])
+def test_pool_then_norm_matches_the_modules(shape, stride, input_grad, recompute, monkeypatch):
+    pool, norm = _modules(8, len(shape) - 2, stride)
+    x = _channels_last(shape).requires_grad_()
     expected = norm(pool(x).flatten(2).transpose(1, 2))
     upstream = torch.randn_like(expected)
     params = [x, pool.weight, norm.weight, norm.bias]
     expected_grads = torch.autograd.grad(expected, params, upstream)
-    with ops.use_kernels(recompute=True):  # a memory option, off by default
+    monkeypatch.setattr(pool_norm, 'input_grad_kernel', lambda *args: input_grad)
+    with ops.use_kernels(recompute=recompute):  # recompute: a memory option, off by default
         out = ops.pool_then_norm(x, pool, norm)
-    assert out.grad_fn.name().endswith('_PoolNormBackward')
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    want_fn = '_PoolNormBackward' if recompute else 'NativeLayerNormBackward0'
+    assert out.grad_fn.name().endswith(want_fn)
+    torch.testing.assert_close(out, expected, rtol=0 if not recompute else 1e-5,
+                               atol=0 if not recompute else 1e-5)
     for g, e in zip(torch.autograd.grad(out, params, upstream), expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
-    kept_by_default = ops.pool_then_norm(x, pool, norm)
-    assert not kept_by_default.grad_fn.name().endswith('_PoolNormBackward')
-    with ops.use_kernels(recompute=False):  # keeps the conv output: the standard modules
-        kept = ops.pool_then_norm(x, pool, norm)
-    assert not kept.grad_fn.name().endswith('_PoolNormBackward')
-    torch.testing.assert_close(kept, expected, rtol=0, atol=0)
+
+
+def test_frozen_or_inference_pooling_runs_the_modules():
+    pool, norm = _modules(8, 2, (2, 2))
+    x = _channels_last((2, 8, 6, 6))
+    assert ops.pool_then_norm(x, pool, norm).grad_fn.name() == 'NativeLayerNormBackward0'
+    pool.requires_grad_(False)
+    norm.requires_grad_(False)
+    assert ops.pool_then_norm(x, pool, norm).grad_fn is None  # nothing to differentiate
+    x.requires_grad_()
+    with torch.no_grad():
+        assert ops.pool_then_norm(x, pool, norm).grad_fn is None
+
+
+def test_the_input_gradient_route_is_calibrated_per_shape(monkeypatch):
+    def fake(candidates, repeats=calibrate.REPEATS):
+        return {name: [1e-3 if name == 'aten' else 3e-3] * repeats for name in candidates}
+    monkeypatch.setattr(calibrate, 'time_candidates', fake)
+    x, weight = _channels_last((2, 8, 4, 6, 6)), torch.randn(8, 1, 3, 3, 3)
+    assert pool_norm.input_grad_kernel(x, weight, (1, 2, 2), (1, 1, 1)) == 'conv'  # off
+    with ops.use_kernels(calibration='on'):
+        assert pool_norm.input_grad_kernel(x, weight, (1, 2, 2), (1, 1, 1)) == 'aten'
+        # a padding the forward-conv route cannot express is never timed
+        assert pool_norm.input_grad_kernel(x, weight, (1, 2, 2), (3, 3, 3)) == 'aten'
+    (key, entry), = calibrate.cached_choices().items()
+    assert key == 'conv_input_grad:2:8:4:6:6:k:3:3:3:s:1:2:2:p:1:1:1'
+    assert entry['choice'] == 'aten' and entry['default'] == 'conv'
+    assert pool_norm.input_grad_kernel(_channels_last((2, 8, 6, 6)), torch.randn(8, 1, 3, 3),
+                                       (2, 2), (1, 1)) == 'aten'  # the 2D default
+
+
+def test_a_real_calibration_times_both_routes():
+    x, weight = _channels_last((1, 4, 3, 6, 6)), torch.randn(4, 1, 3, 3, 3)
+    with ops.use_kernels(calibration='on'):
+        choice = pool_norm.input_grad_kernel(x, weight, (1, 2, 2), (1, 1, 1))
+    (key, entry), = calibrate.cached_choices().items()
+    assert choice == entry['choice'] and choice in pool_norm.INPUT_GRAD_KERNELS
+    assert sorted(entry['best_ms']) == sorted(pool_norm.INPUT_GRAD_KERNELS)
+    assert all(ms > 0 for ms in entry['best_ms'].values())
