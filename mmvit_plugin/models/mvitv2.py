@@ -41,7 +41,10 @@ ATTN_IMPLS = ('plain',) + ops.ATTENTION_KERNELS
 
 def _split_cls(x: torch.Tensor, with_cls_token: bool, dim: int):
     if with_cls_token:
-        return x.narrow(dim, 0, 1), x.narrow(dim, 1, x.shape[dim] - 1)
+        # One split, not two narrows: its backward concatenates the two gradients, where each
+        # narrow's would build a zero tensor of the whole input and the two would be summed.
+        cls_tok, patches = x.split([1, x.shape[dim] - 1], dim)
+        return cls_tok, patches
     return None, x
 
 
